@@ -1,0 +1,141 @@
+"""Shared test fixtures: random-weight GPT-2 checkpoints written in OpenAI's exact layout.
+
+`write_checkpoint` makes `<models_dir>/<model_size>/` hold the seven files OpenAI publishes
+(checkpoint, hparams.json, model.ckpt.{index,data-00000-of-00001,meta}, encoder.json, vocab.bpe),
+written by TensorFlow's own TF1 Saver, and returns the weights it wrote as numpy arrays, so the
+tests can load an independent reference (HuggingFace transformers) from the same numbers.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB_DIR = ROOT / "vocab"
+N_VOCAB = 50257
+
+# Two shapes: a power-of-two one, and one where n_embd is not a power of two and n_head != n_layer.
+SHAPES = {
+    "tiny": dict(n_vocab=N_VOCAB, n_ctx=128, n_embd=64, n_head=4, n_layer=2),
+    "odd": dict(n_vocab=N_VOCAB, n_ctx=96, n_embd=48, n_head=3, n_layer=5),
+}
+
+
+def random_params(hparams, seed=0):
+    """Random weights keyed like our params dict (conv weights already squeezed to [nx, nf]).
+
+    The scales are chosen so next-token distributions are peaked (greedy picks are decided by
+    margins far above float32 rounding) and attention is far from uniform.
+    """
+    rng = np.random.default_rng(seed)
+    n_embd, n_ctx, n_vocab = hparams["n_embd"], hparams["n_ctx"], hparams["n_vocab"]
+
+    def normal(shape, std):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    def ln(gain):
+        return {"g": gain + normal([n_embd], 0.1), "b": normal([n_embd], 0.1)}
+
+    def conv(nx, nf, scale=1.0):
+        return {"w": normal([nx, nf], scale / np.sqrt(nx)), "b": normal([nf], 0.1)}
+
+    blocks = [
+        {
+            "ln_1": ln(1.0),
+            "attn": {"c_attn": conv(n_embd, 3 * n_embd, 1.5), "c_proj": conv(n_embd, n_embd)},
+            "ln_2": ln(1.0),
+            "mlp": {"c_fc": conv(n_embd, 4 * n_embd), "c_proj": conv(4 * n_embd, n_embd)},
+        }
+        for _ in range(hparams["n_layer"])
+    ]
+    return {
+        "wte": normal([n_vocab, n_embd], 0.5),
+        "wpe": normal([n_ctx, n_embd], 0.2),
+        "blocks": blocks,
+        "ln_f": ln(3.0),
+    }
+
+
+def tf_variables(params):
+    """Our params dict -> {TF1 variable name: array}, conv weights as [1, nx, nf] like OpenAI's."""
+    out = {"model/wte": params["wte"], "model/wpe": params["wpe"]}
+    for key in ("g", "b"):
+        out[f"model/ln_f/{key}"] = params["ln_f"][key]
+    for i, block in enumerate(params["blocks"]):
+        for path, value in _walk(block):
+            if path.endswith("/w"):
+                value = value[None]
+            out[f"model/h{i}/{path}"] = value
+    return out
+
+
+def _walk(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _walk(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def write_checkpoint(models_dir, model_size, hparams, params):
+    """Write OpenAI's seven files for `params` into models_dir/model_size with TF1's Saver."""
+    import tensorflow as tf
+
+    model_dir = Path(models_dir) / model_size
+    model_dir.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        for name, value in tf_variables(params).items():
+            tf.compat.v1.get_variable(name, initializer=value)
+        saver = tf.compat.v1.train.Saver(save_relative_paths=True)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(model_dir / "model.ckpt"))
+    (model_dir / "hparams.json").write_text(json.dumps(hparams, indent=2))
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copyfile(VOCAB_DIR / name, model_dir / name)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """{shape name: (models_dir, model_size, hparams, params)} for every shape in SHAPES."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    out = {}
+    for i, (name, hparams) in enumerate(SHAPES.items()):
+        models_dir = tmp_path_factory.mktemp(f"models_{name}")
+        params = random_params(hparams, seed=i)
+        write_checkpoint(models_dir, "124M", hparams, params)
+        out[name] = (models_dir, "124M", hparams, params)
+    return out
+
+
+def hf_model(hparams, params):
+    """HuggingFace GPT2LMHeadModel (PyTorch, CPU, eval mode) holding exactly `params`."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
+        n_layer=hparams["n_layer"], n_head=hparams["n_head"], activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+        bos_token_id=50256, eos_token_id=50256,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    state = {"transformer.wte.weight": params["wte"], "transformer.wpe.weight": params["wpe"],
+             "transformer.ln_f.weight": params["ln_f"]["g"], "transformer.ln_f.bias": params["ln_f"]["b"]}
+    for i, block in enumerate(params["blocks"]):
+        for path, value in _walk(block):
+            *scope, leaf = path.split("/")
+            leaf = {"g": "weight", "w": "weight", "b": "bias"}[leaf]
+            state[".".join([f"transformer.h.{i}", *scope, leaf])] = value
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    # lm_head is tied to wte; HF may also keep non-persistent attention buffers.
+    assert all(k == "lm_head.weight" or "attn.bias" in k or "masked_bias" in k for k in missing), missing
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    return model
