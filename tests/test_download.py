@@ -1,0 +1,497 @@
+"""Downloads against a real HTTP server on 127.0.0.1 that breaks on purpose.
+
+The server (stdlib http.server, with Range support) serves the tiny test checkpoint as <url>/124M/<file>
+and injects the faults of home networks and flaky mirrors: dropped connections, short bodies, 5xx, 4xx,
+corrupted bytes, MD5 headers, ignored Range requests, stalls past the read timeout, slow bodies for
+concurrent downloaders and Ctrl-C. Every case must end in a correct model or a clear error, and never
+in a folder that a later load takes as complete.
+"""
+import base64
+import hashlib
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import utils
+from conftest import ROOT, SHAPES
+
+DATA = "model.ckpt.data-00000-of-00001"
+# Small timeouts and backoff keep the suite fast; quiet keeps pytest's output clean.
+FAST = dict(timeout=(2, 0.5), attempts=3, backoff=0.01, quiet=True)
+STALL = 2.0  # seconds a stalled answer waits: well past FAST's read timeout
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """Serves the files under `root` with Range support, breaking requests as told.
+
+    faults[name] lists what goes wrong with each next request for that file (None: nothing); once it
+    runs out, always.get(name) applies. A fault is (kind, arg):
+      ("status", code)     answer with that HTTP status and no file
+      ("drop", n)          promise the whole body, send n bytes, reset the connection
+      ("short", n)         promise the whole body, send n bytes, close the connection cleanly
+      ("stall", n)         send n bytes of the body, then wait STALL seconds; n=None: wait, then hang up
+      ("corrupt", None)    flip the file's middle byte (inside the largest tensor, for the data file)
+      ("ignore_range", None)  answer 200 with the whole file even if asked for a range
+      ("trickle", n)       send the body n bytes at a time, `delay` seconds apart (delay can change meanwhile)
+    md5_header, if set, names the MD5 header sent: "Content-MD5" (of the body as sent, so of the range on a
+    206) or "x-ms-blob-content-md5" (always of the whole file, as Azure does).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, root):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.root = Path(root)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.faults, self.always = {}, {}
+        self.md5_header = None
+        self.delay = 0.0
+        self.log = []  # (file name, first byte asked for or None, status) per request
+
+    def next_fault(self, name):
+        queue = self.faults.get(name)
+        return (queue.pop(0) if queue else self.always.get(name)) or (None, None)
+
+    def requests_for(self, name):
+        return [(first, status) for logged, first, status in self.log if logged == name]
+
+    def handle_error(self, request, client_address):
+        pass  # clients that hang up on purpose are not errors here
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        server = self.server
+        path = server.root / self.path.lstrip("/")
+        kind, arg = server.next_fault(path.name)
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        asked = int(match[1]) if match else None
+        if kind == "stall" and arg is None:
+            server.log.append((path.name, asked, "stalled"))
+            time.sleep(STALL)
+            return
+        if kind == "status" or not path.is_file():
+            status = arg if kind == "status" else 404
+            server.log.append((path.name, asked, status))
+            self.send_error(status)
+            return
+        data = path.read_bytes()
+        first = None if kind == "ignore_range" else asked
+        if first is not None and first >= len(data):
+            server.log.append((path.name, asked, 416))
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = data[first or 0:]
+        server.log.append((path.name, asked, 200 if first is None else 206))
+        self.send_response(200 if first is None else 206)
+        self.send_header("Content-Length", str(len(body)))
+        if first is not None:
+            self.send_header("Content-Range", f"bytes {first}-{len(data) - 1}/{len(data)}")
+        if server.md5_header:
+            md5 = hashlib.md5(body if server.md5_header == "Content-MD5" else data).digest()
+            self.send_header(server.md5_header, base64.b64encode(md5).decode())
+        self.end_headers()
+        if kind == "corrupt" and len(data) // 2 >= (first or 0):
+            i = len(data) // 2 - (first or 0)
+            body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
+        self.send_body(body, kind, arg)
+
+    def send_body(self, body, kind, arg):
+        try:
+            if kind == "trickle":
+                for i in range(0, len(body), arg):
+                    self.wfile.write(body[i:i + arg])
+                    time.sleep(self.server.delay)
+            elif kind in ("drop", "short", "stall"):
+                self.wfile.write(body[:arg])
+                if kind == "stall":
+                    time.sleep(STALL)
+                if kind == "drop":  # close at once with a reset (RST), as a broken network does
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+            else:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(checkpoints):
+    """A FileServer on 127.0.0.1 serving the tiny model as <server.url>/124M/<file>."""
+    httpd = FileServer(checkpoints["tiny"][0])
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def source(checkpoints):
+    """The folder the server serves from: the files a download must reproduce byte for byte."""
+    return checkpoints["tiny"][0] / "124M"
+
+
+def download(server, models_dir, **options):
+    return utils.download_gpt2_files("124M", Path(models_dir) / "124M", server.url, **{**FAST, **options})
+
+
+def assert_complete(model_dir, source):
+    """model_dir holds the seven files (nothing else: no .part, no lock), each byte for byte the served one."""
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(utils.FILENAMES)
+    for name in utils.FILENAMES:
+        assert (model_dir / name).read_bytes() == (source / name).read_bytes(), name
+    assert utils.model_is_present(model_dir)
+
+
+def assert_not_complete(model_dir):
+    """Nothing that a later load takes as a complete model, and no lock left behind."""
+    assert not utils.model_is_present(model_dir)
+    assert not (model_dir / "checkpoint").exists()
+    assert not (model_dir / utils.LOCK_NAME).exists()
+
+
+def write_part(model_dir, source, name, size, flip=None):
+    """A .part as an interrupted run leaves it: the file's first `size` bytes (byte `flip` inverted)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    data = bytearray((source / name).read_bytes()[:size])
+    if flip is not None:
+        data[flip] ^= 0xFF
+    (model_dir / f"{name}.part").write_bytes(data)
+
+
+def test_download_then_load(server, tmp_path, source):
+    fetched = download(server, tmp_path)
+    assert fetched == [name for name in utils.FILENAMES if name != "checkpoint"] + ["checkpoint"]
+    assert_complete(tmp_path / "124M", source)
+    assert sorted(server.log) == sorted((name, None, 200) for name in utils.FILENAMES)
+    _, hparams, params = utils.load_encoder_hparams_and_params("124M", tmp_path)
+    assert hparams == SHAPES["tiny"]
+
+
+def test_a_present_model_is_not_fetched_again(server, tmp_path):
+    download(server, tmp_path)
+    server.log.clear()
+    assert download(server, tmp_path) == []
+    assert server.log == []
+
+
+def test_a_part_file_never_counts_as_present(tmp_path, source):
+    shutil.copytree(source, tmp_path / "124M")
+    (tmp_path / "124M" / DATA).rename(tmp_path / "124M" / f"{DATA}.part")
+    assert not utils.model_is_present(tmp_path / "124M")
+
+
+def test_a_folder_missing_its_data_file_is_checked_before_it_counts(server, tmp_path, source):
+    # As an older downloader left it: `checkpoint` in place, the data file not. It must not count as
+    # present before the data file passed its check, so `checkpoint` is fetched again, last.
+    shutil.copytree(source, tmp_path / "124M")
+    (tmp_path / "124M" / DATA).unlink()
+    assert download(server, tmp_path) == [DATA, "checkpoint"]
+    assert_complete(tmp_path / "124M", source)
+
+
+@pytest.mark.parametrize("kind", ["drop", "short"])
+def test_a_broken_transfer_resumes_where_it_stopped(server, tmp_path, source, kind):
+    server.faults[DATA] = [(kind, 3 << 20), (kind, 2 << 20)]  # cut twice, then served whole
+    download(server, tmp_path)
+    assert_complete(tmp_path / "124M", source)
+    requests = server.requests_for(DATA)
+    assert [status for _, status in requests] == [200, 206, 206]
+    first, second, third = (first for first, _ in requests)
+    assert first is None and 0 < second <= 3 << 20 and second < third <= second + (2 << 20)
+
+
+def test_server_errors_are_retried(server, tmp_path, source):
+    server.faults["encoder.json"] = [("status", 500), ("status", 503)]
+    download(server, tmp_path)
+    assert_complete(tmp_path / "124M", source)
+    assert server.requests_for("encoder.json") == [(None, 500), (None, 503), (None, 200)]
+
+
+def test_server_errors_give_up_after_the_attempts(server, tmp_path):
+    server.always["hparams.json"] = ("status", 502)
+    with pytest.raises(utils.DownloadError) as e:
+        download(server, tmp_path, attempts=3)
+    assert "hparams.json (HTTP 502 Bad Gateway, 3 tries in a row)" in str(e.value)
+    assert "put OpenAI's GPT-2 124M files" in str(e.value)
+    assert server.requests_for("hparams.json") == [(None, 502)] * 3
+    assert_not_complete(tmp_path / "124M")
+    assert not (tmp_path / "124M" / "hparams.json").exists()
+
+
+def test_a_4xx_is_final(server, tmp_path):
+    server.always["vocab.bpe"] = ("status", 403)
+    with pytest.raises(utils.DownloadError, match=r"vocab.bpe \(HTTP 403 Forbidden\): check the address"):
+        download(server, tmp_path, attempts=5)
+    assert server.requests_for("vocab.bpe") == [(None, 403)]
+    assert_not_complete(tmp_path / "124M")
+
+
+def test_missing_files_on_the_server_leave_the_folder_empty(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_BASE_URL", f"{server.url}/nowhere")
+    with pytest.raises(utils.DownloadError) as e:
+        utils.load_encoder_hparams_and_params("124M", tmp_path)
+    assert "HTTP 404 Not Found" in str(e.value) and "GPT2_BASE_URL" in str(e.value)
+    assert f"in {tmp_path / '124M'}/" in str(e.value)
+    assert list((tmp_path / "124M").iterdir()) == []
+
+
+def test_a_refused_connection_fails_at_once(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again before the download: nothing listens
+    began = time.monotonic()
+    with pytest.raises(utils.DownloadError, match="connection refused"):
+        utils.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, backoff=10, quiet=True)
+    assert time.monotonic() - began < 5
+    assert list((tmp_path / "124M").iterdir()) == []
+
+
+@pytest.mark.parametrize("sent", [None, 1 << 20], ids=["before-headers", "mid-body"])
+def test_a_stalled_server_hits_the_read_timeout_and_is_retried(server, tmp_path, source, sent):
+    server.faults[DATA] = [("stall", sent)]
+    download(server, tmp_path)
+    assert_complete(tmp_path / "124M", source)
+    assert [status for _, status in server.requests_for(DATA)] == ["stalled" if sent is None else 200, 206 if sent else 200]
+
+
+def test_a_server_that_always_stalls_gives_a_clear_error(server, tmp_path):
+    server.always["checkpoint"] = ("stall", None)
+    with pytest.raises(utils.DownloadError, match=r"sent nothing for longer than the read timeout, 2 tries in a row"):
+        download(server, tmp_path, attempts=2)
+    assert_not_complete(tmp_path / "124M")
+
+
+def test_corrupt_data_fails_its_crc32c_and_is_deleted(server, tmp_path, source, monkeypatch):
+    server.always[DATA] = ("corrupt", None)
+    with pytest.raises(utils.CorruptDownloadError) as e:
+        download(server, tmp_path)
+    message = str(e.value)
+    assert "fails its crc32c check" in message and "running the same command again downloads them afresh" in message
+    model_dir = tmp_path / "124M"
+    assert_not_complete(model_dir)
+    assert not any(p.name.startswith("model.ckpt.index") or p.name.startswith(DATA) for p in model_dir.iterdir())
+    # The next run, from a mirror that is fine again, fetches what was deleted and ends complete.
+    server.always.clear()
+    server.log.clear()
+    monkeypatch.setenv("GPT2_BASE_URL", server.url)
+    utils.load_encoder_hparams_and_params("124M", tmp_path)
+    assert sorted(name for name, _, _ in server.log) == sorted([DATA, "model.ckpt.index", "checkpoint"])
+    assert_complete(model_dir, source)
+
+
+@pytest.mark.parametrize("header", ["Content-MD5", "x-ms-blob-content-md5"])
+def test_an_md5_mismatch_deletes_the_part(server, tmp_path, header):
+    server.md5_header = header
+    server.always["encoder.json"] = ("corrupt", None)
+    with pytest.raises(utils.CorruptDownloadError, match="encoder.json arrived corrupt: the bytes received have MD5"):
+        download(server, tmp_path)
+    assert_not_complete(tmp_path / "124M")
+    assert not list((tmp_path / "124M").glob("encoder.json*"))
+
+
+@pytest.mark.parametrize("header", ["Content-MD5", "x-ms-blob-content-md5"])
+def test_md5_checks_survive_a_resume(server, tmp_path, source, header):
+    # x-ms-blob-content-md5 on the 206 is the whole file's: the bytes before the cut must be in the hash.
+    # Content-MD5 on a 206 is the range's: it must not be compared with the whole file's.
+    server.md5_header = header
+    server.faults[DATA] = [("drop", 3 << 20)]
+    download(server, tmp_path)
+    assert_complete(tmp_path / "124M", source)
+    assert [status for _, status in server.requests_for(DATA)] == [200, 206]
+
+
+@pytest.mark.parametrize(
+    "header, error",
+    [(None, None), ("x-ms-blob-content-md5", "arrived corrupt: the bytes received have MD5"),
+     ("Content-MD5", "fails its crc32c check")],
+)
+def test_a_part_left_by_another_run_with_a_corrupt_byte(server, tmp_path, source, header, error):
+    # The whole-file MD5 covers the bytes already in the .part; a range's MD5 cannot, and the crc32c
+    # check after landing catches what it misses.
+    server.md5_header = header
+    model_dir = tmp_path / "124M"
+    write_part(model_dir, source, DATA, 4 << 20, flip=None if error is None else 1 << 20)
+    if error is None:
+        download(server, tmp_path)
+        assert_complete(model_dir, source)
+    else:
+        with pytest.raises(utils.CorruptDownloadError, match=error):
+            download(server, tmp_path)
+        assert_not_complete(model_dir)
+        assert not list(model_dir.glob(f"{DATA}*"))
+    assert server.requests_for(DATA) == [(4 << 20, 206)]
+
+
+def test_a_server_that_ignores_range_starts_the_file_over(server, tmp_path, source):
+    model_dir = tmp_path / "124M"
+    write_part(model_dir, source, DATA, 2 << 20, flip=5)  # appending to this would give a corrupt file
+    server.faults[DATA] = [("ignore_range", None)]
+    download(server, tmp_path)
+    assert_complete(model_dir, source)
+    assert server.requests_for(DATA) == [(2 << 20, 200)]
+
+
+def test_a_complete_part_is_taken_on_a_416(server, tmp_path, source):
+    model_dir = tmp_path / "124M"
+    size = (source / DATA).stat().st_size
+    write_part(model_dir, source, DATA, size)
+    download(server, tmp_path)
+    assert_complete(model_dir, source)
+    assert server.requests_for(DATA) == [(size, 416)]
+
+
+def test_a_part_longer_than_the_file_starts_over_on_a_416(server, tmp_path, source):
+    model_dir = tmp_path / "124M"
+    model_dir.mkdir()
+    (model_dir / "hparams.json.part").write_bytes((source / "hparams.json").read_bytes() + b"junk")
+    download(server, tmp_path)
+    assert_complete(model_dir, source)
+    size = (source / "hparams.json").stat().st_size
+    assert server.requests_for("hparams.json") == [(size + 4, 416), (None, 200)]
+
+
+def run_cli(*args):
+    env = {**os.environ, "COLUMNS": "200"}  # so that argparse does not wrap a default across lines
+    return subprocess.run(
+        [sys.executable, str(ROOT / "utils.py"), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def start_cli(tmp_path, name, *args):
+    """`python utils.py ...` in the background, stderr to a file that can be read while it runs."""
+    stderr = open(tmp_path / f"{name}.err", "w")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "utils.py"), *map(str, args)], stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
+    stderr.close()
+    return process
+
+
+def wait_for(condition, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def finish(process, tmp_path, name):
+    """(return code, stdout, stderr) of a process started by start_cli."""
+    stdout, _ = process.communicate(timeout=120)
+    return process.returncode, stdout, (tmp_path / f"{name}.err").read_text()
+
+
+def test_two_processes_downloading_the_same_model(server, tmp_path, source):
+    server.always[DATA] = ("trickle", 1 << 18)
+    server.delay = 0.05  # slow until the second process is seen waiting for the lock
+    command = ("download", "--models_dir", tmp_path, "--base_url", server.url)
+    first = start_cli(tmp_path, "first", *command)
+    wait_for(lambda: (tmp_path / "124M" / f"{DATA}.part").exists())
+    second = start_cli(tmp_path, "second", *command)
+    wait_for(lambda: "waiting" in (tmp_path / "second.err").read_text())
+    server.delay = 0
+    code, stdout, stderr = finish(first, tmp_path, "first")
+    assert code == 0 and "every tensor passed its crc32c check" in stdout, stderr
+    code, stdout, stderr = finish(second, tmp_path, "second")
+    assert code == 0, stderr
+    assert "another process is downloading into" in stderr and "already holds GPT-2 124M" in stdout
+    assert sorted(name for name, _, _ in server.log) == sorted(utils.FILENAMES)  # each file fetched once
+    assert_complete(tmp_path / "124M", source)
+
+
+def test_a_killed_downloader_releases_the_lock(server, tmp_path, source):
+    server.always[DATA] = ("trickle", 1 << 18)
+    server.delay = 0.05
+    command = ("download", "--models_dir", tmp_path, "--base_url", server.url)
+    first = start_cli(tmp_path, "first", *command)
+    part = tmp_path / "124M" / f"{DATA}.part"
+    wait_for(lambda: part.exists() and part.stat().st_size >= 1 << 20)
+    second = start_cli(tmp_path, "second", *command)
+    wait_for(lambda: "waiting" in (tmp_path / "second.err").read_text())
+    first.kill()  # SIGKILL: no cleanup runs, the OS drops the lock
+    first.wait()
+    server.delay = 0
+    code, stdout, stderr = finish(second, tmp_path, "second")
+    assert code == 0 and "fetched" in stdout, stderr
+    (_, started), (resumed_from, status) = server.requests_for(DATA)
+    assert started == 200 and status == 206 and resumed_from >= 1 << 20
+    assert_complete(tmp_path / "124M", source)
+
+
+def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source):
+    server.always[DATA] = ("trickle", 1 << 16)
+    server.delay = 0.02
+    process = start_cli(tmp_path, "cli", "download", "--models_dir", tmp_path, "--base_url", server.url)
+    part = tmp_path / "124M" / f"{DATA}.part"
+    wait_for(lambda: part.exists() and part.stat().st_size >= 1 << 20)
+    process.send_signal(signal.SIGINT)
+    code, stdout, stderr = finish(process, tmp_path, "cli")
+    size = part.stat().st_size
+    assert code != 0 and "Traceback" not in stderr and stdout == ""
+    last = stderr.strip().splitlines()[-1]
+    assert last == f"utils.py: interrupted: {part} holds {size:,} bytes; running the same command again resumes it"
+    assert_not_complete(tmp_path / "124M")
+    server.delay = 0
+    download(server, tmp_path)
+    assert server.requests_for(DATA)[-1] == (size, 206)
+    assert_complete(tmp_path / "124M", source)
+
+
+def test_cli_help_shows_defaults():
+    result = run_cli("download", "--help")
+    assert result.returncode == 0
+    for default in ("(default: 124M)", "(default: models)", f"(default: {utils.BASE_URL})"):
+        assert default in result.stdout
+    assert "(default: models)" in run_cli("verify", "--help").stdout
+
+
+def test_cli_verify_a_good_model(source):
+    result = run_cli("verify", "--models_dir", source.parent)
+    assert result.returncode == 0, result.stderr
+    size = (source / DATA).stat().st_size
+    assert result.stdout == f"{source}: OK, {size:,} bytes of tensors match their crc32c and hparams.json\n"
+
+
+def test_cli_verify_a_corrupt_model(source, tmp_path):
+    shutil.copytree(source, tmp_path / "124M")
+    data = tmp_path / "124M" / DATA
+    with open(data, "r+b") as f:
+        f.seek(data.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    result = run_cli("verify", "--models_dir", tmp_path)
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "utils.py: error: " in result.stderr.strip().splitlines()[-1] and "fails its crc32c check" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(("verify",), "lacks checkpoint, encoder.json"), (("download", "--model_size", "7B"), "invalid choice: '7B'")],
+)
+def test_cli_user_errors_are_one_line(tmp_path, args, message):
+    result = run_cli(*args, "--models_dir", tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    if args[0] == "verify":
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "`python utils.py download --model_size 124M" in result.stderr
