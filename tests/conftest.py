@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any test imports TensorFlow
+
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB_DIR = ROOT / "vocab"
 N_VOCAB = 50257
@@ -88,11 +90,17 @@ def write_checkpoint(models_dir, model_size, hparams, params):
     model_dir.mkdir(parents=True, exist_ok=True)
     graph = tf.Graph()
     with graph.as_default():
+        # Values go in through placeholders, so the .meta graph stays small as OpenAI's is
+        # (an initializer=value would store every weight a second time, as a constant in the graph).
+        feeds, assigns = {}, []
         for name, value in tf_variables(params).items():
-            tf.compat.v1.get_variable(name, initializer=value)
+            var = tf.compat.v1.get_variable(name, shape=value.shape, dtype=tf.float32)
+            placeholder = tf.compat.v1.placeholder(tf.float32, shape=value.shape)
+            feeds[placeholder] = value
+            assigns.append(var.assign(placeholder))
         saver = tf.compat.v1.train.Saver(save_relative_paths=True)
         with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(assigns, feed_dict=feeds)
             saver.save(sess, str(model_dir / "model.ckpt"))
     (model_dir / "hparams.json").write_text(json.dumps(hparams, indent=2))
     for name in ("encoder.json", "vocab.bpe"):
@@ -103,7 +111,6 @@ def write_checkpoint(models_dir, model_size, hparams, params):
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """{shape name: (models_dir, model_size, hparams, params)} for every shape in SHAPES."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     out = {}
     for i, (name, hparams) in enumerate(SHAPES.items()):
         models_dir = tmp_path_factory.mktemp(f"models_{name}")
@@ -122,9 +129,9 @@ def hf_model(hparams, params):
         vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
         n_layer=hparams["n_layer"], n_head=hparams["n_head"], activation_function="gelu_new",
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        bos_token_id=50256, eos_token_id=50256,
     )
     model = GPT2LMHeadModel(config).eval()
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = N_VOCAB - 1  # <|endoftext|>
     state = {"transformer.wte.weight": params["wte"], "transformer.wpe.weight": params["wpe"],
              "transformer.ln_f.weight": params["ln_f"]["g"], "transformer.ln_f.bias": params["ln_f"]["b"]}
     for i, block in enumerate(params["blocks"]):
