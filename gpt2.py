@@ -52,9 +52,25 @@ def ffn(x, c_fc, c_proj):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
     return linear(gelu(linear(x, **c_fc)), **c_proj)
 
 
-def attention(q, k, v, mask):  # [B, n_head, n_seq, d], [B, n_head, n_all, d] x2, [B, 1, n_seq, n_all] -> [B, n_head, n_seq, d]
-    scores = q @ k.swapaxes(-1, -2) * (1.0 / math.sqrt(q.shape[-1]))  # [B, n_head, n_seq, n_all]
-    return softmax(np.where(mask, scores, MASKED)) @ v
+def attention(q, k, v, mask):  # [B, n_head, n_q, d], [B, n_head, n_k, d] x2, [B, 1, n_q, n_k] -> [B, n_head, n_q, d]
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, n_head, n_q, n_k]
+    np.copyto(scores, MASKED, where=~mask)
+    scores -= np.max(scores, axis=-1, keepdims=True)
+    weights = np.exp(scores, out=scores)  # softmax's numerator, in place: scores is a fresh array
+    # softmax(scores) @ v, dividing the smaller [n_q, d] result rather than the [n_q, n_k] weights
+    return (weights @ v) / np.sum(weights, axis=-1, keepdims=True)
+
+
+def causal_attention(q, k, v, mask, block=128):  # [B, n_head, n_seq, d], [B, n_head, n_all, d] x2, [B, 1, n_seq, n_all] -> [B, n_head, n_seq, d]
+    """attention() for a block of queries at a time: each block reads only the keys up to its own last
+    position, which skips the masked-out upper triangle of a long prompt and keeps the scores in cache."""
+    n_seq, n_all = q.shape[-2], k.shape[-2]
+    out = np.empty_like(q)
+    for start in range(0, n_seq, block):
+        stop = min(start + block, n_seq)
+        end = n_all - n_seq + stop  # one past the last position this block's queries may see
+        out[..., start:stop, :] = attention(q[..., start:stop, :], k[..., :end, :], v[..., :end, :], mask[..., start:stop, :end])
+    return out
 
 
 def mha(x, c_attn, c_proj, n_head, mask, past=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd], present
@@ -65,7 +81,7 @@ def mha(x, c_attn, c_proj, n_head, mask, past=None):  # [B, n_seq, n_embd] -> [B
     if past is not None:  # concatenate copies: the caller's cache is left as it was
         k = np.concatenate([past[0], k], axis=2)  # [B, n_head, n_past + n_seq, n_embd/n_head]
         v = np.concatenate([past[1], v], axis=2)
-    out = attention(q, k, v, mask)  # [B, n_head, n_seq, n_embd/n_head]
+    out = causal_attention(q, k, v, mask)  # [B, n_head, n_seq, n_embd/n_head]
     out = out.transpose(0, 2, 1, 3).reshape(B, n_seq, n_embd)  # merge heads
     return linear(out, **c_proj), (k, v)
 

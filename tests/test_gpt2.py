@@ -165,3 +165,24 @@ def test_generate_rejects_bad_requests(model, prompt, n_tokens, message):
     with pytest.raises(ValueError) as e:
         gpt2.generate(prompt, params, hparams["n_head"], n_tokens=n_tokens)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("n_past, n_seq", [(0, 50), (13, 30), (40, 1)])
+def test_causal_attention_in_blocks_equals_one_block(n_past, n_seq):
+    """Query blocks that skip the keys they may not see give what one full masked softmax gives."""
+    rng = np.random.default_rng(n_past)
+    B, n_head, d, n_all = 2, 3, 8, n_past + n_seq
+    q = rng.standard_normal((B, n_head, n_seq, d), dtype=np.float32)
+    k, v = (rng.standard_normal((B, n_head, n_all, d), dtype=np.float32) for _ in range(2))
+    real = np.ones((B, n_all), dtype=bool)
+    real[1, :5] = False  # the second row is left-padded
+    mask = np.tril(np.ones((n_seq, n_all), dtype=bool), k=n_past) & real[:, None, None, :]
+    seen = np.broadcast_to(mask.any(axis=-1, keepdims=True), q.shape)  # padding queries see nothing: ignored
+    whole = gpt2.attention(q, k, v, mask)
+    for block in (1, 7, 16, 128):
+        blocked = gpt2.causal_attention(q, k, v, mask, block=block)
+        np.testing.assert_allclose(blocked[seen], whole[seen], rtol=1e-5, atol=1e-6)
+    scores = np.where(mask, q @ k.swapaxes(-1, -2) / np.float32(np.sqrt(d)), -np.inf)  # the textbook form
+    with np.errstate(invalid="ignore"):
+        textbook = gpt2.softmax(scores) @ v
+    np.testing.assert_allclose(whole[seen], textbook[seen], rtol=1e-5, atol=1e-6)
