@@ -105,11 +105,16 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kvcache=None, mask=None, last_o
     first real token is at position 0 however much padding precedes it.
     `last_only` computes the logits of the last position alone ([..., 1, n_vocab]), all decoding needs.
     """
-    inputs = np.asarray(inputs)
+    try:
+        inputs = np.asarray(inputs)
+    except ValueError:  # ragged lists
+        inputs = np.asarray(None)
     single = inputs.ndim == 1
     inputs = inputs[None] if single else inputs  # [B, n_seq]
-    if inputs.ndim != 2 or inputs.shape[1] == 0:
-        raise ValueError(f"inputs must be a non-empty list of token ids (or B lists of equal length), got shape {inputs.shape}")
+    if inputs.ndim != 2 or inputs.shape[1] == 0 or not np.issubdtype(inputs.dtype, np.integer):
+        raise ValueError("inputs must be a non-empty list of token ids, or B such lists of equal length (pad with a mask)")
+    if inputs.min() < 0 or inputs.max() >= len(wte):  # a negative id would silently index from the end
+        raise ValueError(f"token ids must be in [0, {len(wte)}), got {inputs.min()} to {inputs.max()}")
     B, n_seq = inputs.shape
     cached, kvcache = kvcache is not None, kvcache or [None] * len(blocks)
     n_past = 0 if kvcache[0] is None else kvcache[0][0].shape[2]

@@ -535,7 +535,7 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         sys.exit(f"utils.py: error: {e}")
     except KeyboardInterrupt as e:
-        sys.exit(f"utils.py: {e or 'interrupted'}")
+        sys.exit(f"utils.py: {str(e) or 'interrupted'}")
 
 
 if __name__ == "__main__":

@@ -186,3 +186,14 @@ def test_causal_attention_in_blocks_equals_one_block(n_past, n_seq):
     with np.errstate(invalid="ignore"):
         textbook = gpt2.softmax(scores) @ v
     np.testing.assert_allclose(whole[seen], textbook[seen], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [([], "non-empty list of token ids"), ([1.5, 2.0], "non-empty list of token ids"), ([[1, 2], [3]], "equal length"),
+     ([464, -1], r"token ids must be in \[0, 50257\), got -1 to 464"), ([50257], "got 50257 to 50257")],
+)
+def test_forward_pass_rejects_bad_ids(model, inputs, message):
+    hparams, params, _ = model
+    with pytest.raises(ValueError, match=message):
+        gpt2.gpt2(inputs, **params, n_head=hparams["n_head"])
