@@ -391,12 +391,12 @@ def parse_args(argv, model_sizes):
     stopping.add_argument("--allow_special", action="store_true", help="read <|endoftext|> in the prompt as the special token, not as text")
     stopping.add_argument("--slide", action="store_true", help="beyond n_ctx, slide the window to the most recent tokens instead of stopping with an error")
     modes = parser.add_argument_group("modes")
-    modes.add_argument("--n_samples", type=positive_int, default=1, help="continue the prompt this many times, in one batch")
+    modes.add_argument("--n_samples", type=positive_int, default=1, help="continue the prompt (each prompt of --prompts_file) this many times, in one batch")
     modes.add_argument("--prompts_file", help="continue every non-empty line of this file, in one batch")
     modes.add_argument("--interactive", action="store_true", help="load once, then continue each line read from stdin until EOF")
     modes.add_argument("--score", action="store_true", help="print the prompt's total log-probability and perplexity instead")
     modes.add_argument("--per_token", action="store_true", help="with --score, also print a table of every token's log-probability")
-    modes.add_argument("--stride", type=positive_int, default=None, help="with --score, the sliding window's step for texts beyond n_ctx (default n_ctx // 2)")
+    modes.add_argument("--stride", type=positive_int, default=None, help="with --score, the sliding window's step for texts beyond n_ctx; None means n_ctx // 2")
     args = parser.parse_args(argv)
     if (args.prompt is None) == (args.prompts_file is None) and not args.interactive:
         parser.error("give a prompt, or --prompts_file, or --interactive")
@@ -430,7 +430,8 @@ def main(argv=None):
             for prompt in prompts:
                 print_score(encode(prompt), params, n_head, encoder, args.stride, args.per_token)
         elif args.prompts_file or args.n_samples > 1:
-            prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt] * args.n_samples
+            prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+            prompts = [p for p in prompts for _ in range(args.n_samples)]
             rows = generate([encode(p) for p in prompts], params, n_head, **options)
             for i, (prompt, row) in enumerate(zip(prompts, rows), start=1):
                 print(f"=== {i}/{len(rows)}: {prompt}")

@@ -168,3 +168,13 @@ def test_interactive_reads_prompts_until_eof(tiny_dir):
 )
 def test_bad_generation_options(tiny_dir, args, message):
     assert_clean_error(run_cli(*args, "--models_dir", tiny_dir), message)
+
+
+def test_prompts_file_with_samples(tiny_dir, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("The dog\nA cat\n", encoding="utf-8")
+    result = run_cli("--prompts_file", path, "--n_samples", 2, "--temperature", 1, "--seed", 3, "--n_tokens", 4,
+                     "--models_dir", tiny_dir)
+    assert result.returncode == 0, result.stderr
+    headers = [line for line in result.stdout.splitlines() if line.startswith("=== ")]
+    assert headers == ["=== 1/4: The dog", "=== 2/4: The dog", "=== 3/4: A cat", "=== 4/4: A cat"]
