@@ -39,13 +39,14 @@ def log_softmax(x):  # [..., n] -> [..., n]
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
-    mean = np.mean(x, axis=-1, keepdims=True)
-    variance = np.var(x, axis=-1, keepdims=True)
-    return g * (x - mean) / np.sqrt(variance + eps) + b
+    x = x - x.mean(axis=-1, keepdims=True)
+    variance = (x * x).mean(axis=-1, keepdims=True)
+    return g * x / np.sqrt(variance + eps) + b
 
 
 def linear(x, w, b):  # [..., nx] @ [nx, nf] + [nf] -> [..., nf]
-    return x @ w + b
+    # As one 2D product: NumPy would run [B, n_seq, nx] @ w as B products, each reading all of w.
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1]) + b
 
 
 def ffn(x, c_fc, c_proj):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
@@ -134,7 +135,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kvcache=None, mask=None, last_o
         x, present = transformer_block(x, **block, n_head=n_head, mask=attn_mask, past=past)
         presents.append(present)
     x = layer_norm(x[:, -1:] if last_only else x, **ln_f)
-    logits = x @ wte.T  # unembedding tied to wte: [B, n_seq, n_embd] -> [B, n_seq, n_vocab]
+    logits = linear(x, wte.T, 0)  # unembedding tied to wte: [B, n_seq, n_embd] -> [B, n_seq, n_vocab]
     logits = logits[0] if single else logits
     return (logits, presents) if cached else logits
 

@@ -3,7 +3,7 @@
     python -m benchmarks.checkpoint
 
 The first run writes the checkpoint (about 500 MB, with tests/conftest.py's TF1 Saver writer) to
-models/bench-124M/ and keeps it; later runs reuse it if it passes checkpoint.verify. Prints:
+models/bench/124M/ and keeps it (benchmarks/common.py); later runs reuse it if it passes checkpoint.verify. Prints:
 - read_tensors: parse the index and map every tensor (warm page cache, best of 10; target 0.2 s),
 - the memory a fresh process gains by opening and then touching every tensor, beside the data size,
 - verify: every tensor's crc32c (warm cache, best of 3; then once with the file evicted from the cache),
@@ -15,13 +15,11 @@ import subprocess
 import sys
 import time
 import timeit
-from pathlib import Path
 
 import checkpoint
+from benchmarks.common import BENCH_DIR, ROOT, ensure_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
-HPARAMS = dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12)
-MODEL_DIR = ROOT / "models" / "bench-124M"
+MODEL_DIR = BENCH_DIR / "124M"
 PREFIX = str(MODEL_DIR / "model.ckpt")
 DATA = f"{PREFIX}.data-00000-of-00001"
 
@@ -43,27 +41,13 @@ print(*(after[key] - before[key] for after in (opened, touched) for key in befor
 """
 
 
-def ensure_checkpoint():
-    """Write the benchmark checkpoint unless a verified one is already there."""
-    try:
-        checkpoint.verify(PREFIX)
-        return
-    except (OSError, ValueError):
-        pass
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from tests.conftest import random_params, write_checkpoint
-
-    print(f"writing a random 124M-shaped checkpoint to {MODEL_DIR} (once) ...", flush=True)
-    write_checkpoint(MODEL_DIR.parent, MODEL_DIR.name, HPARAMS, random_params(HPARAMS))
-
-
 def evict_from_page_cache(path):
     with open(path, "rb") as f:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def main():
-    ensure_checkpoint()
+    ensure_checkpoint("124M")
     mb = os.path.getsize(DATA) / 1e6
     tensors = checkpoint.read_tensors(PREFIX)
     print(f"{PREFIX}: {len(tensors)} tensors, data file {mb:.1f} MB")

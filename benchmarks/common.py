@@ -1,0 +1,105 @@
+"""What the benchmarks share: random-weight checkpoints shaped like GPT-2's sizes, written once and kept.
+
+`ensure_checkpoint("124M")` makes models/bench/124M/ hold OpenAI's seven files (written by
+tests/conftest.py's TF1 Saver writer) for random weights of 124M's shape, so the real CLI runs on it
+unchanged: `python gpt2.py "..." --models_dir models/bench`. A folder is written under a temporary
+name and renamed when complete, so an interrupted write is never mistaken for a checkpoint.
+"""
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import checkpoint
+import utils
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "models" / "bench"
+# hparams.json of each of OpenAI's four sizes.
+SHAPES = {
+    "124M": dict(n_vocab=50257, n_ctx=1024, n_embd=768, n_head=12, n_layer=12),
+    "355M": dict(n_vocab=50257, n_ctx=1024, n_embd=1024, n_head=16, n_layer=24),
+    "774M": dict(n_vocab=50257, n_ctx=1024, n_embd=1280, n_head=20, n_layer=36),
+    "1558M": dict(n_vocab=50257, n_ctx=1024, n_embd=1600, n_head=25, n_layer=48),
+}
+
+
+def data_bytes(hparams):
+    """Bytes of float32 weights a checkpoint of this shape holds (its data file's size)."""
+    return 4 * sum(math.prod(shape) for shape in utils.checkpoint_shapes(hparams).values())
+
+
+def is_cached(model_dir, hparams):
+    """True when model_dir holds all seven files for `hparams` and every tensor passes its crc32c."""
+    if not utils.model_is_present(model_dir):
+        return False
+    try:
+        if utils.load_hparams(Path(model_dir) / "hparams.json") != hparams:
+            return False
+        checkpoint.verify(utils.checkpoint_prefix(model_dir))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def ensure_checkpoint(model_size, models_dir=BENCH_DIR, hparams=None):
+    """models_dir/model_size holding random weights shaped as `hparams` (default: that size's), written if missing.
+
+    Raises OSError, saying how much is needed, when the disk or the memory is too small to write it.
+    """
+    hparams = SHAPES[model_size] if hparams is None else hparams
+    model_dir = Path(models_dir) / model_size
+    if is_cached(model_dir, hparams):
+        return model_dir
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    need, free = 2.2 * data_bytes(hparams) + 10e6, shutil.disk_usage(model_dir.parent).free  # weights, spilled and written
+    if free < need:
+        raise OSError(f"writing a random {model_size} checkpoint into {model_dir} needs about {need / 1e9:.1f} GB "
+                      f"of disk and {free / 1e9:.1f} GB are free: free some, or pass a --models_dir on a bigger disk")
+    need, free = 2 * data_bytes(hparams) + 1e9, available_memory()  # see spilled()
+    if free < need:
+        raise OSError(f"writing a random {model_size} checkpoint needs about {need / 1e9:.1f} GB of memory and "
+                      f"{free / 1e9:.1f} GB are available")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tests.conftest import random_params, write_checkpoint
+
+    print(f"writing a random-weight checkpoint ({hparams['n_layer']} layers, n_embd {hparams['n_embd']}) "
+          f"to {model_dir} (once) ...", flush=True)
+    writing = Path(tempfile.mkdtemp(prefix=f".{model_size}-writing-", dir=model_dir.parent))
+    try:
+        spill = writing / "spill"
+        spill.mkdir()
+        write_checkpoint(writing, model_size, hparams, spilled(random_params(hparams), spill))
+        shutil.rmtree(model_dir, ignore_errors=True)  # a stale or mismatched copy
+        os.replace(writing / model_size, model_dir)
+    finally:
+        shutil.rmtree(writing, ignore_errors=True)
+    return model_dir
+
+
+def available_memory():
+    """Bytes of memory the kernel says can be had without swapping (MemAvailable); unlimited where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return math.inf
+
+
+def spilled(tree, folder, name="params"):
+    """The params dict with every array copied into a memory-mapped .npy file in `folder`.
+
+    TensorFlow's writer holds about 1.7x the weights in memory of its own, on top of the params it
+    is given; params that live in the page cache instead of anonymous memory bring the peak from
+    about 3.4x the data size to 1.7x (1558M: from 21 GB to 11 GB, on a 24 GB machine).
+    """
+    if isinstance(tree, dict):
+        return {key: spilled(value, folder, f"{name}.{key}") for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [spilled(value, folder, f"{name}.{i}") for i, value in enumerate(tree)]
+    array = np.lib.format.open_memmap(Path(folder) / f"{name}.npy", mode="w+", dtype=tree.dtype, shape=tree.shape)
+    array[...] = tree
+    return array
