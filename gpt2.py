@@ -398,9 +398,12 @@ def parse_args(argv, model_sizes):
     modes.add_argument("--score", action="store_true", help="print the prompt's total log-probability and perplexity instead")
     modes.add_argument("--per_token", action="store_true", help="with --score, also print a table of every token's log-probability")
     modes.add_argument("--stride", type=positive_int, default=None, help="with --score, the sliding window's step for texts beyond n_ctx; None means n_ctx // 2")
+    modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
     args = parser.parse_args(argv)
-    if (args.prompt is None) == (args.prompts_file is None) and not args.interactive:
-        parser.error("give a prompt, or --prompts_file, or --interactive")
+    if args.prompt is not None and args.prompts_file is not None:
+        parser.error("give a prompt or --prompts_file, not both")
+    if args.prompt is None and args.prompts_file is None and not args.interactive and not args.verify:
+        parser.error("give a prompt, or --prompts_file, or --interactive (or --verify alone)")
     return args
 
 
@@ -422,6 +425,11 @@ def main(argv=None):
                    rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
     try:
         encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
+        if args.verify:
+            checked = utils.verify_model(f"{args.models_dir}/{args.model_size}")
+            print(f"{args.models_dir}/{args.model_size}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
+            if args.prompt is None and args.prompts_file is None and not args.interactive:
+                return
         n_head = hparams["n_head"]
         encode = lambda text: encoder.encode(text, allowed_special="all" if args.allow_special else ())
         if args.interactive:

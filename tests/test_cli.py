@@ -159,6 +159,7 @@ def test_interactive_reads_prompts_until_eof(tiny_dir):
     "args, message",
     [
         ((), "give a prompt, or --prompts_file, or --interactive"),
+        (("hi", "--prompts_file", "p.txt"), "give a prompt or --prompts_file, not both"),
         (("hi", "--temperature", "-1"), "temperature must be a number >= 0"),
         (("hi", "--temperature", "1", "--top_p", "2"), "top_p must be a number in (0, 1]"),
         (("--prompts_file", "no/such/file.txt"), "cannot read prompts from no/such/file.txt"),
@@ -178,3 +179,16 @@ def test_prompts_file_with_samples(tiny_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     headers = [line for line in result.stdout.splitlines() if line.startswith("=== ")]
     assert headers == ["=== 1/4: The dog", "=== 2/4: The dog", "=== 3/4: A cat", "=== 4/4: A cat"]
+
+
+def test_verify_flag(tiny_dir, tmp_path):
+    ok = run_cli("--verify", "--models_dir", tiny_dir)
+    assert ok.returncode == 0 and ok.stdout == "" and "bytes of tensors match their crc32c" in ok.stderr
+    from test_utils import copy_model
+
+    data = copy_model(tiny_dir / "124M", tmp_path) / "model.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert run_cli("hi", "--n_tokens", 2, "--models_dir", tmp_path).returncode == 0  # not checked unless asked
+    assert_clean_error(run_cli("hi", "--verify", "--models_dir", tmp_path), "fails its crc32c check")
