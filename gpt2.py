@@ -160,7 +160,8 @@ def top_p_filter(probs, top_p):  # [n_vocab] -> [n_vocab]
 
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
-    """Greedy when temperature is 0; otherwise a draw from the tempered, top-k and top-p filtered softmax."""
+    """Greedy when temperature is 0; otherwise a draw, with `rng` (a np.random.Generator), from the
+    tempered, top-k and top-p filtered softmax."""
     if temperature == 0:
         return int(np.argmax(logits))
     logits = logits / np.float32(temperature)
@@ -185,15 +186,19 @@ def check_request(prompts, n_tokens, n_ctx, n_vocab, slide=False):
     for prompt in prompts:
         if len(prompt) == 0:
             raise ValueError("the prompt is empty: give at least one token")
-        for i in prompt:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_vocab:
-                raise ValueError(f"token id {i!r} is not in the vocabulary [0, {n_vocab})")
+        check_ids(prompt, n_vocab)
         if not slide and len(prompt) + n_tokens > n_ctx:
             raise ValueError(
                 f"the prompt ({len(prompt)} tokens) plus n_tokens ({n_tokens}) is {len(prompt) + n_tokens} tokens, "
                 f"beyond the model's context of {n_ctx} (n_ctx): shorten the prompt, ask for fewer tokens, "
                 f"or let the window slide (--slide)"
             )
+
+
+def check_ids(ids, n_vocab):
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_vocab:
+            raise ValueError(f"token id {i!r} is not in the vocabulary [0, {n_vocab})")
 
 
 def check_sampling(temperature, top_k, top_p):
@@ -346,7 +351,7 @@ def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
         raise ValueError(f"stride must be a whole number from 1 to n_ctx - 1 ({n_ctx - 1}), got {stride!r}")
     if len(ids) < 2:
         raise ValueError(f"scoring needs at least 2 tokens (the first has no context), got {len(ids)}")
-    check_request([ids], 1, math.inf, n_vocab)
+    check_ids(ids, n_vocab)
     ids = np.asarray(ids)
     scored, done = [], 1  # ids[:done] are scored (the first never is)
     for begin in range(0, len(ids), stride):
