@@ -430,9 +430,10 @@ def main(argv=None):
                    rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
     try:
         encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
-        if args.verify:
-            checked = utils.verify_model(f"{args.models_dir}/{args.model_size}")
-            print(f"{args.models_dir}/{args.model_size}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
+        if args.verify:  # the shapes were checked as the model loaded; this reads every byte
+            model_dir = f"{args.models_dir}/{args.model_size}"
+            checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir))
+            print(f"{model_dir}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
             if args.prompt is None and args.prompts_file is None and not args.interactive:
                 return
         n_head = hparams["n_head"]
@@ -451,13 +452,18 @@ def main(argv=None):
                 print(f"=== {i}/{len(rows)}: {prompt}")
                 print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
         else:
-            for piece in stream_text(encode(args.prompt), params, n_head, encoder, stop=args.stop, **options):
-                print(piece, end="", flush=True)
-            print()
+            print_stream(encode(args.prompt), params, n_head, encoder, args.stop, options)
     except (ValueError, OSError) as e:
         sys.exit(f"gpt2.py: error: {e}")
     except KeyboardInterrupt as e:
         sys.exit(f"\ngpt2.py: {str(e) or 'interrupted'}")
+
+
+def print_stream(ids, params, n_head, encoder, stop, options):
+    """Print the continuation of ids as it is produced, then a newline."""
+    for piece in stream_text(ids, params, n_head, encoder, stop=stop, **options):
+        print(piece, end="", flush=True)
+    print()
 
 
 def read_prompts(path):
@@ -484,9 +490,7 @@ def interactive(encode, params, n_head, encoder, stop, options):
         if not line.strip():
             continue
         try:
-            for piece in stream_text(encode(line.rstrip("\n")), params, n_head, encoder, stop=stop, **options):
-                print(piece, end="", flush=True)
-            print()
+            print_stream(encode(line.rstrip("\n")), params, n_head, encoder, stop, options)
         except ValueError as e:
             print(f"gpt2.py: error: {e}", file=sys.stderr)
 

@@ -478,10 +478,13 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     model_dir = Path(models_dir) / model_size
     if not model_is_present(model_dir):
         download_gpt2_files(model_size, model_dir)
-    encoder = bpe.get_encoder(model_size, models_dir)
-    hparams = load_hparams(model_dir / "hparams.json")
-    params = load_gpt2_params_from_tf_ckpt(checkpoint_prefix(model_dir), hparams)
-    return encoder, hparams, params
+    return (bpe.get_encoder(model_size, models_dir), *load_hparams_and_params(model_dir))
+
+
+def load_hparams_and_params(model_dir):
+    """(hparams, params) of a model folder, every tensor's shape checked against its hparams.json."""
+    hparams = load_hparams(Path(model_dir) / "hparams.json")
+    return hparams, load_gpt2_params_from_tf_ckpt(checkpoint_prefix(model_dir), hparams)
 
 
 def verify_model(model_dir, quiet=False):
@@ -496,9 +499,8 @@ def verify_model(model_dir, quiet=False):
             f"{model_dir} lacks {', '.join(missing)}: `python utils.py download --model_size {model_dir.name} "
             f"--models_dir {model_dir.parent}` fetches them"
         )
-    prefix = checkpoint_prefix(model_dir)
-    checked = verify_checkpoint(prefix, quiet)
-    load_gpt2_params_from_tf_ckpt(prefix, load_hparams(model_dir / "hparams.json"))
+    checked = verify_checkpoint(checkpoint_prefix(model_dir), quiet)
+    load_hparams_and_params(model_dir)
     return checked
 
 

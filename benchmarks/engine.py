@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+import utils
 from benchmarks.common import BENCH_DIR, ROOT, SHAPES, data_bytes, ensure_checkpoint
 
 EOT = 50256
@@ -105,14 +106,6 @@ def textbook_generate(inputs, params, n_head, n_tokens):  # [n_seq] -> [n_tokens
 
 
 # ---- Workers: each engine measured in a process of its own (python -m benchmarks.engine --worker ...).
-
-def load(model_dir):
-    """(hparams, params) of a checkpoint folder, as the CLI loads them: memory-mapped, read-only."""
-    import utils
-
-    hparams = utils.load_hparams(Path(model_dir) / "hparams.json")
-    return hparams, utils.load_gpt2_params_from_tf_ckpt(utils.checkpoint_prefix(model_dir), hparams)
-
 
 def best_of(fn, repeats):
     """(fastest of `repeats` calls of fn in seconds, fn's last result)."""
@@ -221,7 +214,7 @@ def worker(engine, model_dir, workloads, repeats, threads, tiny):
         report["bandwidth"] = bandwidth(probe_bytes(tiny))
         print(json.dumps(report))
         return
-    hparams, params = load(model_dir)
+    hparams, params = utils.load_hparams_and_params(model_dir)
     if engine == "ours":
         calls = ours_calls(hparams, params)
     elif engine == "textbook":
@@ -246,7 +239,7 @@ def profile(model_dir, workloads, repeats):
     import io
     import pstats
 
-    hparams, params = load(model_dir)
+    hparams, params = utils.load_hparams_and_params(model_dir)
     calls = ours_calls(hparams, params)
     for name in workloads:
         calls[name]()  # warm-up: page the weights in
