@@ -1,18 +1,17 @@
-"""GPT-2 inference in pure NumPy: the forward pass, decoding (greedy or sampled, batched, streamed),
-scoring, and a CLI.
+"""GPT-2 in pure NumPy: the forward pass with its KV cache, generation (greedy or sampled, batched,
+streamed) and scoring.
 
 The model is OpenAI's GPT-2 (openai/gpt-2, src/model.py), written as plain functions in the way of
 picoGPT: every function's parameters are named after the checkpoint's keys, so a block is called as
 `transformer_block(x, **block, n_head=n_head, mask=mask)`. Everything is float32, as the weights are.
-Sampling follows nanoGPT's chain: divide by temperature, keep the top k, keep the top p, draw.
-
-    python gpt2.py "Alan Turing theorized" --n_tokens 40
+How the next token is chosen lives in decoding.py, ids -> text in textstream.py, and the command line,
+`python gpt2.py "Alan Turing theorized" --n_tokens 40`, in cli.py.
 """
-import argparse
 import math
-import sys
 
 import numpy as np
+
+from decoding import check_sampling, log_softmax, sample
 
 EOT = 50256  # <|endoftext|>, GPT-2's one special token: it ends a text
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
@@ -26,16 +25,6 @@ MASKED = np.float32(-1e10)
 def gelu(x):  # [...] -> [...]
     # x * x * x, not x**3: NumPy's float32 power is a slow general pow, about 100x slower here.
     return 0.5 * x * (1 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
-
-
-def softmax(x):  # [..., n] -> [..., n]
-    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
-
-
-def log_softmax(x):  # [..., n] -> [..., n]
-    x = x - np.max(x, axis=-1, keepdims=True)
-    return x - np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
@@ -140,40 +129,6 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kvcache=None, mask=None, last_o
     return (logits, presents) if cached else logits
 
 
-def top_k_filter(logits, top_k):  # [n_vocab] -> [n_vocab]
-    """Logits below the k-th largest become -inf (ties with it stay). [1, 3, 2], k=2 -> [-inf, 3, 2]."""
-    kth = np.partition(logits, -top_k)[-top_k]
-    return np.where(logits < kth, -np.inf, logits).astype(logits.dtype)
-
-
-def top_p_filter(probs, top_p):  # [n_vocab] -> [n_vocab]
-    """Zero every token outside the smallest most-likely set whose mass reaches top_p (one stays).
-
-    [0.5, 0.3, 0.2], p=0.6 -> [0.5, 0.3, 0]: 0.5 alone is short of 0.6, 0.5 + 0.3 reaches it.
-    """
-    order = np.argsort(-probs, kind="stable")
-    mass_before = np.cumsum(probs[order]) - probs[order]
-    out = np.zeros_like(probs)
-    keep = order[mass_before < top_p]
-    out[keep] = probs[keep]
-    return out
-
-
-def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
-    """Greedy when temperature is 0; otherwise a draw, with `rng` (a np.random.Generator), from the
-    tempered, top-k and top-p filtered softmax."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    logits = logits / np.float32(temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    probs = softmax(logits)
-    if top_p is not None and top_p < 1:
-        probs = top_p_filter(probs, top_p)
-    cdf = np.cumsum(probs)  # unnormalised: the draw below scales to its total
-    return int(min(np.searchsorted(cdf, rng.random(dtype=np.float32) * cdf[-1], side="right"), len(cdf) - 1))
-
-
 def is_batch(inputs):
     """[[464, 3290], [31373]] is a batch of two prompts; [464, 3290] is one prompt."""
     return len(inputs) > 0 and isinstance(inputs[0], (list, tuple, np.ndarray))
@@ -199,15 +154,6 @@ def check_ids(ids, n_vocab):
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_vocab:
             raise ValueError(f"token id {i!r} is not in the vocabulary [0, {n_vocab})")
-
-
-def check_sampling(temperature, top_k, top_p):
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
 
 
 def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
@@ -274,69 +220,6 @@ def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, t
     return rows
 
 
-class TextStream:
-    """Ids in, printable text out, for one sequence: only whole UTF-8 characters, <|endoftext|>
-    never shown when it ends the text, and text that ends just before the first stop string.
-
-    Text that could still be the start of a stop string is held back until it cannot be.
-    """
-
-    def __init__(self, encoder, stop=(), stop_at_eot=True):
-        self.decoder, self.stop, self.stop_at_eot = encoder.incremental_decoder(), [s for s in stop if s], stop_at_eot
-        self.held, self.done = "", False
-
-    def add(self, token_id):
-        if self.done:
-            return ""
-        if token_id == EOT and self.stop_at_eot:
-            return self.flush()
-        self.held += self.decoder.decode(token_id)
-        return self._release(final=False)
-
-    def flush(self):
-        if self.done:
-            return ""
-        self.held += self.decoder.flush()
-        out = self._release(final=True)
-        self.done = True
-        return out
-
-    def _release(self, final):
-        starts = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
-        if starts:
-            out, self.held, self.done = self.held[: min(starts)], "", True
-            return out
-        hold = 0 if final else max(
-            (n for s in self.stop for n in range(1, len(s)) if self.held.endswith(s[:n])), default=0
-        )
-        out, self.held = self.held[: len(self.held) - hold], self.held[len(self.held) - hold :]
-        return out
-
-
-def stream_text(ids, params, n_head, encoder, n_tokens=40, stop=(), stop_at_eot=True, **options):
-    """The continuation of one prompt as text pieces, yielded as they are produced (UTF-8 safe).
-
-    It ends at <|endoftext|> (unless stop_at_eot is False) or just before the first of the `stop`
-    strings, matched on the decoded text across token boundaries. Other options as for generate.
-    """
-    text = TextStream(encoder, stop, stop_at_eot)
-    for token_id in generate_stream(ids, params, n_head, n_tokens, stop_at_eot=stop_at_eot, **options):
-        piece = text.add(token_id)
-        if piece:
-            yield piece
-        if text.done:
-            return
-    piece = text.flush()
-    if piece:
-        yield piece
-
-
-def decode_text(ids, encoder, stop=(), stop_at_eot=True):
-    """What stream_text would have printed for these ids, in one string."""
-    text = TextStream(encoder, stop, stop_at_eot)
-    return "".join(text.add(i) for i in ids) + text.flush()
-
-
 def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
     """Natural-log probability of each token given those before it: one float32 for each of ids[1:].
 
@@ -366,134 +249,7 @@ def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
     return np.concatenate(scored)
 
 
-def positive_int(text):
-    """argparse type: a whole number >= 1, or a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def parse_args(argv, model_sizes):
-    parser = argparse.ArgumentParser(
-        description="Continue (or score) text with OpenAI's GPT-2, in pure NumPy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("prompt", nargs="?", help="the text to continue (or score); see also --prompts_file, --interactive")
-    parser.add_argument("--n_tokens", type=positive_int, default=40, help="how many tokens to generate")
-    parser.add_argument("--model_size", default="124M", choices=model_sizes, help="which GPT-2")
-    parser.add_argument("--models_dir", default="models", help="where checkpoints live (downloaded if missing)")
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher is more random")
-    sampling.add_argument("--top_k", type=positive_int, default=None, help="draw only from the k most likely tokens")
-    sampling.add_argument("--top_p", type=float, default=None, help="draw only from the most likely tokens holding this much probability")
-    sampling.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
-    stopping = parser.add_argument_group("stopping and long prompts")
-    stopping.add_argument("--stop", action="append", default=[], help="end the text before this string (repeatable)")
-    stopping.add_argument("--ignore_eot", action="store_true", help="go on past <|endoftext|>")
-    stopping.add_argument("--allow_special", action="store_true", help="read <|endoftext|> in the prompt as the special token, not as text")
-    stopping.add_argument("--slide", action="store_true", help="beyond n_ctx, slide the window to the most recent tokens instead of stopping with an error")
-    modes = parser.add_argument_group("modes")
-    modes.add_argument("--n_samples", type=positive_int, default=1, help="continue the prompt (each prompt of --prompts_file) this many times, in one batch")
-    modes.add_argument("--prompts_file", help="continue every non-empty line of this file, in one batch")
-    modes.add_argument("--interactive", action="store_true", help="load once, then continue each line read from stdin until EOF")
-    modes.add_argument("--score", action="store_true", help="print the prompt's total log-probability and perplexity instead")
-    modes.add_argument("--per_token", action="store_true", help="with --score, also print a table of every token's log-probability")
-    modes.add_argument("--stride", type=positive_int, default=None, help="with --score, the sliding window's step for texts beyond n_ctx; None means n_ctx // 2")
-    modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
-    args = parser.parse_args(argv)
-    if args.prompt is not None and args.prompts_file is not None:
-        parser.error("give a prompt or --prompts_file, not both")
-    if args.prompt is None and args.prompts_file is None and not args.interactive and not args.verify:
-        parser.error("give a prompt, or --prompts_file, or --interactive (or --verify alone)")
-    return args
-
-
-def print_score(ids, params, n_head, encoder, stride, per_token):
-    logprobs = score(ids, params, n_head, stride)
-    if per_token:
-        print(f"{'position':>8}  {'id':>6}  {'log-prob':>9}  token")
-        for position, (token_id, logprob) in enumerate(zip(ids[1:], logprobs), start=1):
-            print(f"{position:>8}  {token_id:>6}  {logprob:>9.4f}  {encoder.decode([token_id])!r}")
-    total = float(np.sum(logprobs))
-    print(f"tokens scored: {len(logprobs)}  total log-prob: {total:.4f} nats  perplexity: {math.exp(-total / len(logprobs)):.4f}")
-
-
-def main(argv=None):
-    import utils  # imported here so that `import gpt2` stays light
-
-    args = parse_args(argv, utils.MODEL_SIZES)
-    options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
-    try:
-        encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
-        if args.verify:  # the shapes were checked as the model loaded; this reads every byte
-            model_dir = f"{args.models_dir}/{args.model_size}"
-            checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir))
-            print(f"{model_dir}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
-            if args.prompt is None and args.prompts_file is None and not args.interactive:
-                return
-        n_head = hparams["n_head"]
-        encode = lambda text: encoder.encode(text, allowed_special="all" if args.allow_special else ())
-        if args.interactive:
-            interactive(encode, params, n_head, encoder, args.stop, options)
-        elif args.score:
-            prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
-            for prompt in prompts:
-                print_score(encode(prompt), params, n_head, encoder, args.stride, args.per_token)
-        elif args.prompts_file or args.n_samples > 1:
-            prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
-            prompts = [p for p in prompts for _ in range(args.n_samples)]
-            rows = generate([encode(p) for p in prompts], params, n_head, **options)
-            for i, (prompt, row) in enumerate(zip(prompts, rows), start=1):
-                print(f"=== {i}/{len(rows)}: {prompt}")
-                print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
-        else:
-            print_stream(encode(args.prompt), params, n_head, encoder, args.stop, options)
-    except (ValueError, OSError) as e:
-        sys.exit(f"gpt2.py: error: {e}")
-    except KeyboardInterrupt as e:
-        sys.exit(f"\ngpt2.py: {str(e) or 'interrupted'}")
-
-
-def print_stream(ids, params, n_head, encoder, stop, options):
-    """Print the continuation of ids as it is produced, then a newline."""
-    for piece in stream_text(ids, params, n_head, encoder, stop=stop, **options):
-        print(piece, end="", flush=True)
-    print()
-
-
-def read_prompts(path):
-    """The non-empty lines of a text file, or a ValueError naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read prompts from {path}: {e}") from None
-    if not prompts:
-        raise ValueError(f"{path} has no prompts: write one per line")
-    return prompts
-
-
-def interactive(encode, params, n_head, encoder, stop, options):
-    """Continue each line read from stdin until EOF; a bad prompt gets its error and the loop goes on."""
-    show_prompt = sys.stdin.isatty()
-    while True:
-        if show_prompt:
-            print("> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            return
-        if not line.strip():
-            continue
-        try:
-            print_stream(encode(line.rstrip("\n")), params, n_head, encoder, stop, options)
-        except ValueError as e:
-            print(f"gpt2.py: error: {e}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    import cli
+
+    cli.main()

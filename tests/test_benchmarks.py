@@ -3,7 +3,7 @@ every figure is a number. Nothing here asserts a speed: timings on a shared mach
 import subprocess
 import sys
 
-import utils
+import download
 from conftest import ROOT
 
 
@@ -40,7 +40,7 @@ def test_engine_benchmark_end_to_end(tmp_path):
         assert rows[label][-1] in ("yes", "NO", "—")
     for size in ("124M", "355M"):  # the bandwidth-bound table: weights, bound, ours, of bound, HF, of bound
         assert [number(cell) > 0 for cell in rows[size]] == [True] * 6
-        assert utils.model_is_present(tmp_path / "tiny" / size)  # the cached checkpoint, in OpenAI's layout
+        assert download.model_is_present(tmp_path / "tiny" / size)  # the cached checkpoint, in OpenAI's layout
     assert "threads (asked for" in result.stdout and "memory read bandwidth" in result.stdout
     # The same weights give the same greedy tokens in all three engines.
     assert "124M decode: the same greedy ids from ours, hf, textbook" in result.stdout

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import download
 import gpt2
+import textstream
 import utils
 from conftest import ROOT
 
@@ -42,7 +44,7 @@ def test_cli_prints_the_greedy_continuation(tiny_dir):
     assert result.returncode == 0, result.stderr
     encoder, hparams, params = utils.load_encoder_hparams_and_params("124M", tiny_dir)
     out = gpt2.generate(encoder.encode(prompt), params, hparams["n_head"], n_tokens=12)
-    assert result.stdout == gpt2.decode_text(out, encoder) + "\n"
+    assert result.stdout == textstream.decode_text(out, encoder) + "\n"
 
 
 def test_help_shows_defaults():
@@ -75,7 +77,7 @@ def test_weights_missing_and_no_network(tmp_path):
     result = run_cli("hi", "--models_dir", tmp_path)
     assert_clean_error(result, "could not download", f"put OpenAI's GPT-2 124M files", str(Path(tmp_path) / "124M"))
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not utils.model_is_present(tmp_path / "124M")
+    assert not download.model_is_present(tmp_path / "124M")
     assert list((tmp_path / "124M").iterdir()) == []
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import download
 import utils
 from conftest import ROOT, SHAPES
 
@@ -150,23 +151,23 @@ def source(checkpoints):
     return checkpoints["tiny"][0] / "124M"
 
 
-def download(server, models_dir, **options):
-    return utils.download_gpt2_files("124M", Path(models_dir) / "124M", server.url, **{**FAST, **options})
+def download_model(server, models_dir, **options):
+    return download.download_gpt2_files("124M", Path(models_dir) / "124M", server.url, **{**FAST, **options})
 
 
 def assert_complete(model_dir, source):
     """model_dir holds the seven files (nothing else: no .part, no lock), each byte for byte the served one."""
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted(utils.FILENAMES)
-    for name in utils.FILENAMES:
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(download.FILENAMES)
+    for name in download.FILENAMES:
         assert (model_dir / name).read_bytes() == (source / name).read_bytes(), name
-    assert utils.model_is_present(model_dir)
+    assert download.model_is_present(model_dir)
 
 
 def assert_not_complete(model_dir):
     """Nothing that a later load takes as a complete model, and no lock left behind."""
-    assert not utils.model_is_present(model_dir)
+    assert not download.model_is_present(model_dir)
     assert not (model_dir / "checkpoint").exists()
-    assert not (model_dir / utils.LOCK_NAME).exists()
+    assert not (model_dir / download.LOCK_NAME).exists()
 
 
 def write_part(model_dir, source, name, size, flip=None):
@@ -179,25 +180,25 @@ def write_part(model_dir, source, name, size, flip=None):
 
 
 def test_download_then_load(server, tmp_path, source):
-    fetched = download(server, tmp_path)
-    assert fetched == [name for name in utils.FILENAMES if name != "checkpoint"] + ["checkpoint"]
+    fetched = download_model(server, tmp_path)
+    assert fetched == [name for name in download.FILENAMES if name != "checkpoint"] + ["checkpoint"]
     assert_complete(tmp_path / "124M", source)
-    assert sorted(server.log) == sorted((name, None, 200) for name in utils.FILENAMES)
+    assert sorted(server.log) == sorted((name, None, 200) for name in download.FILENAMES)
     _, hparams, params = utils.load_encoder_hparams_and_params("124M", tmp_path)
     assert hparams == SHAPES["tiny"]
 
 
 def test_a_present_model_is_not_fetched_again(server, tmp_path):
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     server.log.clear()
-    assert download(server, tmp_path) == []
+    assert download_model(server, tmp_path) == []
     assert server.log == []
 
 
 def test_a_part_file_never_counts_as_present(tmp_path, source):
     shutil.copytree(source, tmp_path / "124M")
     (tmp_path / "124M" / DATA).rename(tmp_path / "124M" / f"{DATA}.part")
-    assert not utils.model_is_present(tmp_path / "124M")
+    assert not download.model_is_present(tmp_path / "124M")
 
 
 def test_a_folder_missing_its_data_file_is_checked_before_it_counts(server, tmp_path, source):
@@ -205,14 +206,14 @@ def test_a_folder_missing_its_data_file_is_checked_before_it_counts(server, tmp_
     # present before the data file passed its check, so `checkpoint` is fetched again, last.
     shutil.copytree(source, tmp_path / "124M")
     (tmp_path / "124M" / DATA).unlink()
-    assert download(server, tmp_path) == [DATA, "checkpoint"]
+    assert download_model(server, tmp_path) == [DATA, "checkpoint"]
     assert_complete(tmp_path / "124M", source)
 
 
 @pytest.mark.parametrize("kind", ["drop", "short"])
 def test_a_broken_transfer_resumes_where_it_stopped(server, tmp_path, source, kind):
     server.faults[DATA] = [(kind, 3 << 20), (kind, 2 << 20)]  # cut twice, then served whole
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(tmp_path / "124M", source)
     requests = server.requests_for(DATA)
     assert [status for _, status in requests] == [200, 206, 206]
@@ -222,15 +223,15 @@ def test_a_broken_transfer_resumes_where_it_stopped(server, tmp_path, source, ki
 
 def test_server_errors_are_retried(server, tmp_path, source):
     server.faults["encoder.json"] = [("status", 500), ("status", 503)]
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(tmp_path / "124M", source)
     assert server.requests_for("encoder.json") == [(None, 500), (None, 503), (None, 200)]
 
 
 def test_server_errors_give_up_after_the_attempts(server, tmp_path):
     server.always["hparams.json"] = ("status", 502)
-    with pytest.raises(utils.DownloadError) as e:
-        download(server, tmp_path, attempts=3)
+    with pytest.raises(download.DownloadError) as e:
+        download_model(server, tmp_path, attempts=3)
     assert "hparams.json (HTTP 502 Bad Gateway, 3 tries in a row)" in str(e.value)
     assert "put OpenAI's GPT-2 124M files" in str(e.value)
     assert server.requests_for("hparams.json") == [(None, 502)] * 3
@@ -240,15 +241,15 @@ def test_server_errors_give_up_after_the_attempts(server, tmp_path):
 
 def test_a_4xx_is_final(server, tmp_path):
     server.always["vocab.bpe"] = ("status", 403)
-    with pytest.raises(utils.DownloadError, match=r"vocab.bpe \(HTTP 403 Forbidden\): check the address"):
-        download(server, tmp_path, attempts=5)
+    with pytest.raises(download.DownloadError, match=r"vocab.bpe \(HTTP 403 Forbidden\): check the address"):
+        download_model(server, tmp_path, attempts=5)
     assert server.requests_for("vocab.bpe") == [(None, 403)]
     assert_not_complete(tmp_path / "124M")
 
 
 def test_missing_files_on_the_server_leave_the_folder_empty(server, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_BASE_URL", f"{server.url}/nowhere")
-    with pytest.raises(utils.DownloadError) as e:
+    with pytest.raises(download.DownloadError) as e:
         utils.load_encoder_hparams_and_params("124M", tmp_path)
     assert "HTTP 404 Not Found" in str(e.value) and "GPT2_BASE_URL" in str(e.value)
     assert f"in {tmp_path / '124M'}/" in str(e.value)
@@ -260,8 +261,8 @@ def test_a_refused_connection_fails_at_once(tmp_path):
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again before the download: nothing listens
     began = time.monotonic()
-    with pytest.raises(utils.DownloadError, match="connection refused"):
-        utils.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, backoff=10, quiet=True)
+    with pytest.raises(download.DownloadError, match="connection refused"):
+        download.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, backoff=10, quiet=True)
     assert time.monotonic() - began < 5
     assert list((tmp_path / "124M").iterdir()) == []
 
@@ -269,22 +270,22 @@ def test_a_refused_connection_fails_at_once(tmp_path):
 @pytest.mark.parametrize("sent", [None, 1 << 20], ids=["before-headers", "mid-body"])
 def test_a_stalled_server_hits_the_read_timeout_and_is_retried(server, tmp_path, source, sent):
     server.faults[DATA] = [("stall", sent)]
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(tmp_path / "124M", source)
     assert [status for _, status in server.requests_for(DATA)] == ["stalled" if sent is None else 200, 206 if sent else 200]
 
 
 def test_a_server_that_always_stalls_gives_a_clear_error(server, tmp_path):
     server.always["checkpoint"] = ("stall", None)
-    with pytest.raises(utils.DownloadError, match=r"sent nothing for longer than the read timeout, 2 tries in a row"):
-        download(server, tmp_path, attempts=2)
+    with pytest.raises(download.DownloadError, match=r"sent nothing for longer than the read timeout, 2 tries in a row"):
+        download_model(server, tmp_path, attempts=2)
     assert_not_complete(tmp_path / "124M")
 
 
 def test_corrupt_data_fails_its_crc32c_and_is_deleted(server, tmp_path, source, monkeypatch):
     server.always[DATA] = ("corrupt", None)
-    with pytest.raises(utils.CorruptDownloadError) as e:
-        download(server, tmp_path)
+    with pytest.raises(download.CorruptDownloadError) as e:
+        download_model(server, tmp_path)
     message = str(e.value)
     assert "fails its crc32c check" in message and "running the same command again downloads them afresh" in message
     model_dir = tmp_path / "124M"
@@ -303,8 +304,8 @@ def test_corrupt_data_fails_its_crc32c_and_is_deleted(server, tmp_path, source, 
 def test_an_md5_mismatch_deletes_the_part(server, tmp_path, header):
     server.md5_header = header
     server.always["encoder.json"] = ("corrupt", None)
-    with pytest.raises(utils.CorruptDownloadError, match="encoder.json arrived corrupt: the bytes received have MD5"):
-        download(server, tmp_path)
+    with pytest.raises(download.CorruptDownloadError, match="encoder.json arrived corrupt: the bytes received have MD5"):
+        download_model(server, tmp_path)
     assert_not_complete(tmp_path / "124M")
     assert not list((tmp_path / "124M").glob("encoder.json*"))
 
@@ -315,7 +316,7 @@ def test_md5_checks_survive_a_resume(server, tmp_path, source, header):
     # Content-MD5 on a 206 is the range's: it must not be compared with the whole file's.
     server.md5_header = header
     server.faults[DATA] = [("drop", 3 << 20)]
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(tmp_path / "124M", source)
     assert [status for _, status in server.requests_for(DATA)] == [200, 206]
 
@@ -332,11 +333,11 @@ def test_a_part_left_by_another_run_with_a_corrupt_byte(server, tmp_path, source
     model_dir = tmp_path / "124M"
     write_part(model_dir, source, DATA, 4 << 20, flip=None if error is None else 1 << 20)
     if error is None:
-        download(server, tmp_path)
+        download_model(server, tmp_path)
         assert_complete(model_dir, source)
     else:
-        with pytest.raises(utils.CorruptDownloadError, match=error):
-            download(server, tmp_path)
+        with pytest.raises(download.CorruptDownloadError, match=error):
+            download_model(server, tmp_path)
         assert_not_complete(model_dir)
         assert not list(model_dir.glob(f"{DATA}*"))
     assert server.requests_for(DATA) == [(4 << 20, 206)]
@@ -346,7 +347,7 @@ def test_a_server_that_ignores_range_starts_the_file_over(server, tmp_path, sour
     model_dir = tmp_path / "124M"
     write_part(model_dir, source, DATA, 2 << 20, flip=5)  # appending to this would give a corrupt file
     server.faults[DATA] = [("ignore_range", None)]
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(model_dir, source)
     assert server.requests_for(DATA) == [(2 << 20, 200)]
 
@@ -355,7 +356,7 @@ def test_a_complete_part_is_taken_on_a_416(server, tmp_path, source):
     model_dir = tmp_path / "124M"
     size = (source / DATA).stat().st_size
     write_part(model_dir, source, DATA, size)
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(model_dir, source)
     assert server.requests_for(DATA) == [(size, 416)]
 
@@ -364,7 +365,7 @@ def test_a_part_longer_than_the_file_starts_over_on_a_416(server, tmp_path, sour
     model_dir = tmp_path / "124M"
     model_dir.mkdir()
     (model_dir / "hparams.json.part").write_bytes((source / "hparams.json").read_bytes() + b"junk")
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert_complete(model_dir, source)
     size = (source / "hparams.json").stat().st_size
     assert server.requests_for("hparams.json") == [(size + 4, 416), (None, 200)]
@@ -414,7 +415,7 @@ def test_two_processes_downloading_the_same_model(server, tmp_path, source):
     code, stdout, stderr = finish(second, tmp_path, "second")
     assert code == 0, stderr
     assert "another process is downloading into" in stderr and "already holds GPT-2 124M" in stdout
-    assert sorted(name for name, _, _ in server.log) == sorted(utils.FILENAMES)  # each file fetched once
+    assert sorted(name for name, _, _ in server.log) == sorted(download.FILENAMES)  # each file fetched once
     assert_complete(tmp_path / "124M", source)
 
 
@@ -451,7 +452,7 @@ def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source
     assert last == f"utils.py: interrupted: {part} holds {size:,} bytes; running the same command again resumes it"
     assert_not_complete(tmp_path / "124M")
     server.delay = 0
-    download(server, tmp_path)
+    download_model(server, tmp_path)
     assert server.requests_for(DATA)[-1] == (size, 206)
     assert_complete(tmp_path / "124M", source)
 
@@ -459,7 +460,7 @@ def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source
 def test_cli_help_shows_defaults():
     result = run_cli("download", "--help")
     assert result.returncode == 0
-    for default in ("(default: 124M)", "(default: models)", f"(default: {utils.BASE_URL})"):
+    for default in ("(default: 124M)", "(default: models)", f"(default: {download.BASE_URL})"):
         assert default in result.stdout
     assert "(default: models)" in run_cli("verify", "--help").stdout
 

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+import decoding
 import gpt2
+import textstream
 from conftest import SHAPES, hf_model, random_params
 from encoder import get_encoder
 
@@ -86,7 +88,7 @@ def test_top_k_filter_matches_hf():
 
     logits = np.random.default_rng(0).standard_normal((5, 1000)).astype(np.float32)
     for k in (1, 2, 10, 999, 1000):
-        ours = np.stack([gpt2.top_k_filter(row, k) for row in logits])
+        ours = np.stack([decoding.top_k_filter(row, k) for row in logits])
         theirs = TopKLogitsWarper(k)(None, torch.from_numpy(logits)).numpy()
         np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
         assert (np.isfinite(ours).sum(axis=1) == k).all()
@@ -97,17 +99,17 @@ def test_top_p_filter_matches_hf():
 
     logits = (np.random.default_rng(1).standard_normal((5, 1000)) * 3).astype(np.float32)
     for p in (0.01, 0.3, 0.9, 0.999):
-        ours = np.stack([gpt2.top_p_filter(gpt2.softmax(row), p) for row in logits])
+        ours = np.stack([decoding.top_p_filter(decoding.softmax(row), p) for row in logits])
         theirs = TopPLogitsWarper(p)(None, torch.from_numpy(logits)).numpy()
         np.testing.assert_array_equal(ours == 0, np.isinf(theirs))
 
 
 def test_filters_on_known_logits():
-    np.testing.assert_array_equal(gpt2.top_k_filter(np.float32([1, 3, 2]), 2), [-np.inf, 3, 2])
-    np.testing.assert_array_equal(gpt2.top_k_filter(np.float32([1, 3, 3, 2]), 1), [-np.inf, 3, 3, -np.inf])  # ties stay
-    np.testing.assert_allclose(gpt2.top_p_filter(np.float32([0.5, 0.3, 0.2]), 0.6), [0.5, 0.3, 0])
-    np.testing.assert_allclose(gpt2.top_p_filter(np.float32([0.2, 0.5, 0.3]), 0.5), [0, 0.5, 0])
-    np.testing.assert_allclose(gpt2.top_p_filter(np.float32([0.2, 0.5, 0.3]), 1e-9), [0, 0.5, 0])  # one stays
+    np.testing.assert_array_equal(decoding.top_k_filter(np.float32([1, 3, 2]), 2), [-np.inf, 3, 2])
+    np.testing.assert_array_equal(decoding.top_k_filter(np.float32([1, 3, 3, 2]), 1), [-np.inf, 3, 3, -np.inf])  # ties stay
+    np.testing.assert_allclose(decoding.top_p_filter(np.float32([0.5, 0.3, 0.2]), 0.6), [0.5, 0.3, 0])
+    np.testing.assert_allclose(decoding.top_p_filter(np.float32([0.2, 0.5, 0.3]), 0.5), [0, 0.5, 0])
+    np.testing.assert_allclose(decoding.top_p_filter(np.float32([0.2, 0.5, 0.3]), 1e-9), [0, 0.5, 0])  # one stays
 
 
 def test_sample_draws_from_the_filtered_distribution():
@@ -115,15 +117,15 @@ def test_sample_draws_from_the_filtered_distribution():
     rng = np.random.default_rng(0)
 
     def frequencies(**options):
-        draws = [gpt2.sample(logits, rng=rng, **options) for _ in range(20000)]
+        draws = [decoding.sample(logits, rng=rng, **options) for _ in range(20000)]
         return np.bincount(draws, minlength=4) / len(draws)
 
-    np.testing.assert_allclose(frequencies(temperature=1.0), gpt2.softmax(logits), atol=0.015)
-    np.testing.assert_allclose(frequencies(temperature=0.5), gpt2.softmax(logits / 0.5), atol=0.015)
+    np.testing.assert_allclose(frequencies(temperature=1.0), decoding.softmax(logits), atol=0.015)
+    np.testing.assert_allclose(frequencies(temperature=0.5), decoding.softmax(logits / 0.5), atol=0.015)
     assert frequencies(temperature=1.0, top_k=2)[[0, 3]].sum() == 0
-    p = gpt2.softmax(logits)
+    p = decoding.softmax(logits)
     assert frequencies(temperature=1.0, top_p=0.6)[[0, 1, 3]].sum() == 0 and p[2] > 0.6
-    assert gpt2.sample(logits, temperature=0) == 2
+    assert decoding.sample(logits, temperature=0) == 2
 
 
 def test_seeded_sampling_is_reproducible(eot_model):
@@ -160,9 +162,9 @@ TEXTS = ["Hello, world! Goodbye, world.", "naïve café 日本語のテキスト
 @pytest.mark.parametrize("text", TEXTS)
 def test_text_stream_emits_whole_characters_once(encoder, text):
     ids = encoder.encode(text)
-    stream = gpt2.TextStream(encoder)
+    stream = textstream.TextStream(encoder)
     pieces = [stream.add(i) for i in ids] + [stream.flush()]
-    assert "".join(pieces) == text == gpt2.decode_text(ids, encoder)
+    assert "".join(pieces) == text == textstream.decode_text(ids, encoder)
     assert not any("\ufffd" in piece for piece in pieces)
     assert len(ids) > len(text.split())  # several tokens per word: boundaries fall inside characters too
 
@@ -180,7 +182,7 @@ def test_text_stream_emits_whole_characters_once(encoder, text):
 )
 def test_stop_strings_across_token_boundaries(encoder, stop, expected):
     ids = encoder.encode("Hello, world! Goodbye, world.")
-    stream = gpt2.TextStream(encoder, stop)
+    stream = textstream.TextStream(encoder, stop)
     pieces = []
     for i in ids:
         pieces.append(stream.add(i))
@@ -192,7 +194,7 @@ def test_stop_strings_across_token_boundaries(encoder, stop, expected):
 
 def test_text_held_back_for_a_stop_string_comes_out_at_the_end(encoder):
     ids = encoder.encode("a cat sat on the m")
-    stream = gpt2.TextStream(encoder, ["the mat"])
+    stream = textstream.TextStream(encoder, ["the mat"])
     streamed = "".join(stream.add(i) for i in ids)
     assert streamed == "a cat sat on "  # "the m" could still become "the mat"
     assert streamed + stream.flush() == "a cat sat on the m"
@@ -200,8 +202,8 @@ def test_text_held_back_for_a_stop_string_comes_out_at_the_end(encoder):
 
 def test_endoftext_ends_the_text_unless_ignored(encoder):
     ids = encoder.encode("Done.") + [EOT] + encoder.encode(" More")
-    assert gpt2.decode_text(ids, encoder) == "Done."
-    assert gpt2.decode_text(ids, encoder, stop_at_eot=False) == "Done.<|endoftext|> More"
+    assert textstream.decode_text(ids, encoder) == "Done."
+    assert textstream.decode_text(ids, encoder, stop_at_eot=False) == "Done.<|endoftext|> More"
 
 
 def test_stream_text_stops_before_a_stop_string(eot_model, encoder):
@@ -209,10 +211,10 @@ def test_stream_text_stops_before_a_stop_string(eot_model, encoder):
     ids = gpt2.generate(prompts[2], params, hparams["n_head"], n_tokens=20, stop_at_eot=False)
     full = encoder.decode(ids)
     stop = full[len(full) // 2 : len(full) // 2 + 4]
-    streamed = "".join(gpt2.stream_text(prompts[2], params, hparams["n_head"], encoder, n_tokens=20,
+    streamed = "".join(textstream.stream_text(prompts[2], params, hparams["n_head"], encoder, n_tokens=20,
                                         stop=[stop], stop_at_eot=False))
     assert streamed == full[: full.index(stop)]
-    unstopped = gpt2.stream_text(prompts[2], params, hparams["n_head"], encoder, n_tokens=20, stop_at_eot=False)
+    unstopped = textstream.stream_text(prompts[2], params, hparams["n_head"], encoder, n_tokens=20, stop_at_eot=False)
     assert "".join(unstopped) == full
 
 
