@@ -83,7 +83,7 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask, past=None):  # [B,
     return x, present
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kvcache=None, mask=None, last_only=False):
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mask=None, last_only=False):
     """Logits for the token ids `inputs`: [n_seq] -> [n_seq, n_vocab], or [B, n_seq] -> [B, n_seq, n_vocab].
 
     Without `kvcache` this is picoGPT's function and returns the logits alone. With one, `inputs`
@@ -94,6 +94,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kvcache=None, mask=None, last_o
     batch: padding is never attended to, and positions count real tokens only, so each row's
     first real token is at position 0 however much padding precedes it.
     `last_only` computes the logits of the last position alone ([..., 1, n_vocab]), all decoding needs.
+    `lm_head` ([n_vocab, n_embd]) is the unembedding of a fine-tune that untied it from wte; GPT-2's own is wte.
     """
     try:
         inputs = np.asarray(inputs)
@@ -124,7 +125,8 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, kvcache=None, mask=None, last_o
         x, present = transformer_block(x, **block, n_head=n_head, mask=attn_mask, past=past)
         presents.append(present)
     x = layer_norm(x[:, -1:] if last_only else x, **ln_f)
-    logits = linear(x, wte.T, 0)  # unembedding tied to wte: [B, n_seq, n_embd] -> [B, n_seq, n_vocab]
+    unembedding = wte if lm_head is None else lm_head  # tied to wte, as in GPT-2
+    logits = linear(x, unembedding.T, 0)  # [B, n_seq, n_embd] -> [B, n_seq, n_vocab]
     logits = logits[0] if single else logits
     return (logits, presents) if cached else logits
 
