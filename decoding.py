@@ -14,8 +14,13 @@ def softmax(x):  # [..., n] -> [..., n]
 
 
 def log_softmax(x):  # [..., n] -> [..., n]
-    x = x - np.max(x, axis=-1, keepdims=True)
-    return x - np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
+    return x - logsumexp(x)[..., None]
+
+
+def logsumexp(x):  # [..., n] -> [...]
+    """log(sum(exp(x))) along the last axis, without overflow: the log of softmax's denominator."""
+    top = x.max(axis=-1, keepdims=True)
+    return (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)[..., 0]
 
 
 def top_k_filter(logits, top_k):  # [n_vocab] -> [n_vocab]

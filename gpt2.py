@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from decoding import check_sampling, log_softmax, sample
+from decoding import check_sampling, logsumexp, sample, softmax
+from kvcache import KVCache, merge_rows
 
 EOT = 50256  # <|endoftext|>, GPT-2's one special token: it ends a text
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
@@ -20,81 +21,172 @@ GELU_C = np.float32(math.sqrt(2 / math.pi))
 # The score of a key a query may not see. Finite, so that a query whose keys are all padding
 # gets a harmless uniform average instead of NaN; in any other row exp() makes it exactly 0.
 MASKED = np.float32(-1e10)
+ROWS = 1 << 16  # elements in a block of rows that element-wise work does at a time, so that it stays in cache
 
 
-def gelu(x):  # [...] -> [...]
-    # x * x * x, not x**3: NumPy's float32 power is a slow general pow, about 100x slower here.
-    return 0.5 * x * (1 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))
+def gelu(x):  # [..., n] -> [..., n]
+    """0.5 * x * (1 + tanh(u)) with u = GELU_C * (x + 0.044715 * x**3), GPT-2's GELU, computed as
+    x / (1 + exp(-2u)): the same function (0.5 * (1 + tanh(u)) is sigmoid(2u)), as NumPy's float32
+    exp is twice as fast as its tanh. In blocks of rows, in place on one fresh array."""
+    out = np.empty_like(x)
+    with np.errstate(over="ignore"):  # x below about -10: exp(-2u) is inf, and x / inf is -0, GELU's limit
+        for rows, y in zip(row_blocks(x), row_blocks(out)):
+            np.multiply(rows, rows, out=y)  # y becomes -2u, step by step
+            y *= np.float32(-2 * 0.044715) * GELU_C
+            y += np.float32(-2) * GELU_C
+            y *= rows
+            np.exp(y, out=y)
+            y += 1
+            np.divide(rows, y, out=y)
+    return out
 
 
-def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
+def row_blocks(x):  # [..., n] -> [rows, n] views, together all of x
+    x = x.reshape(-1, x.shape[-1])
+    step = max(1, ROWS // x.shape[1])
+    return [x[i : i + step] for i in range(0, len(x), step)]
+
+
+def layer_norm(x, g, b, eps=1e-5, hook=None):  # [..., n_embd] -> [..., n_embd]
     x = x - x.mean(axis=-1, keepdims=True)
-    variance = (x * x).mean(axis=-1, keepdims=True)
-    return g * x / np.sqrt(variance + eps) + b
+    scale = np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
+    if hook: scale = hook("hook_scale", scale)
+    x /= scale
+    x *= g
+    x += b
+    if hook: x = hook("hook_normalized", x)
+    return x
 
 
 def linear(x, w, b):  # [..., nx] @ [nx, nf] + [nf] -> [..., nf]
     # As one 2D product: NumPy would run [B, n_seq, nx] @ w as B products, each reading all of w.
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1]) + b
+    out = x.reshape(-1, x.shape[-1]) @ w
+    out += b
+    return out.reshape(*x.shape[:-1], w.shape[-1])
 
 
-def ffn(x, c_fc, c_proj):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
-    return linear(gelu(linear(x, **c_fc)), **c_proj)
+def ffn(x, c_fc, c_proj, hook=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
+    h = linear(x, **c_fc)  # [B, n_seq, 4*n_embd]
+    if hook: h = hook("mlp.hook_pre", h)
+    h = gelu(h)
+    if hook: h = hook("mlp.hook_post", h)
+    return linear(h, **c_proj)
 
 
-def attention(q, k, v, mask):  # [B, n_head, n_q, d], [B, n_head, n_k, d] x2, [B, 1, n_q, n_k] -> [B, n_head, n_q, d]
-    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, n_head, n_q, n_k]
-    np.copyto(scores, MASKED, where=~mask)
-    scores -= np.max(scores, axis=-1, keepdims=True)
+def attention(q, k, v, visible, hook=None):  # [B, n_head, n_q, d], [B, n_head, n_k, d] x2, [B|1, 1, n_q, n_m] -> [B, n_head, n_q, d]
+    """Softmax attention of the queries over the keys. `visible` says which of the LAST n_m keys each query may
+    see; every query sees all the keys before those. n_m is 0 for one new token of an unpadded batch, the
+    block's own width for a block of a causal prompt (its diagonal), and n_k when rows are padded."""
+    scores = (q * np.float32(1 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, n_head, n_q, n_k]
+    if visible.shape[-1]:
+        np.copyto(scores[..., k.shape[-2] - visible.shape[-1] :], MASKED, where=~visible)
+    if hook:  # the pattern, whole, for the hooks to see (and change)
+        scores = hook("attn.hook_attn_scores", scores)
+        return hook("attn.hook_pattern", softmax(scores)) @ v
+    scores -= scores.max(axis=-1, keepdims=True)
     weights = np.exp(scores, out=scores)  # softmax's numerator, in place: scores is a fresh array
     # softmax(scores) @ v, dividing the smaller [n_q, d] result rather than the [n_q, n_k] weights
-    return (weights @ v) / np.sum(weights, axis=-1, keepdims=True)
+    return (weights @ v) / weights.sum(axis=-1, keepdims=True)
 
 
-def causal_attention(q, k, v, mask, block=128):  # [B, n_head, n_seq, d], [B, n_head, n_all, d] x2, [B, 1, n_seq, n_all] -> [B, n_head, n_seq, d]
-    """attention() for a block of queries at a time: each block reads only the keys up to its own last
-    position, which skips the masked-out upper triangle of a long prompt and keeps the scores in cache."""
+def causal_attention(q, k, v, mask, block=128, hook=None):  # [B, n_head, n_seq, d], [B, n_head, n_all, d] x2, [B, n_all] | None -> [B, n_head, n_seq, d]
+    """Attention of the last n_seq positions, each over the keys up to itself that are not padding (mask
+    False; None when no row is padded). A block of queries at a time: each reads only the keys up to its
+    own last position, which skips the upper triangle of a long prompt and keeps the scores in cache."""
     n_seq, n_all = q.shape[-2], k.shape[-2]
+    n_past = n_all - n_seq
+    block = n_seq if hook else block  # hooks see the whole pattern
     out = np.empty_like(q)
     for start in range(0, n_seq, block):
         stop = min(start + block, n_seq)
-        end = n_all - n_seq + stop  # one past the last position this block's queries may see
-        out[..., start:stop, :] = attention(q[..., start:stop, :], k[..., :end, :], v[..., :end, :], mask[..., start:stop, :end])
+        end = n_past + stop  # one past the last key this block's queries may see
+        n_q = stop - start
+        if mask is None:  # only the block's own keys, its diagonal, are hidden from some of its queries
+            visible = np.tri(n_q, dtype=bool) if n_q > 1 else np.ones((1, 0), dtype=bool)
+        else:  # query i, at column n_past + start + i, sees the keys up to that column that are not padding
+            visible = np.tri(n_q, end, n_past + start, dtype=bool) & mask[:, None, None, :end]
+        out[..., start:stop, :] = attention(q[..., start:stop, :], k[..., :end, :], v[..., :end, :], visible, hook)
     return out
 
 
-def mha(x, c_attn, c_proj, n_head, mask, past=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd], present
+def mha(x, c_attn, c_proj, n_head, mask=None, kv=None, hook=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
+    """Multi-head causal self-attention. kv is this block's (k, v) [B, n_head, n_past + n_seq, n_embd/n_head]
+    from the KV cache, if any; the keys and values of the n_seq new positions are written into its last n_seq."""
     B, n_seq, n_embd = x.shape
     qkv = linear(x, **c_attn)  # [B, n_seq, 3*n_embd]
     # All heads at once: [B, n_seq, 3*n_embd] -> [3, B, n_head, n_seq, n_embd/n_head]
     q, k, v = qkv.reshape(B, n_seq, 3, n_head, n_embd // n_head).transpose(2, 0, 3, 1, 4)
-    if past is not None:  # concatenate copies: the caller's cache is left as it was
-        k = np.concatenate([past[0], k], axis=2)  # [B, n_head, n_past + n_seq, n_embd/n_head]
-        v = np.concatenate([past[1], v], axis=2)
-    out = causal_attention(q, k, v, mask)  # [B, n_head, n_seq, n_embd/n_head]
-    out = out.transpose(0, 2, 1, 3).reshape(B, n_seq, n_embd)  # merge heads
-    return linear(out, **c_proj), (k, v)
+    if hook: q, k, v = (hook(f"attn.hook_{name}", a) for name, a in zip("qkv", (q, k, v)))
+    if kv is not None:  # the cache's room for these positions, after the positions before them
+        kv[0][:, :, -n_seq:], kv[1][:, :, -n_seq:] = k, v
+        k, v = kv
+    z = causal_attention(q, k, v, mask, hook=hook)  # [B, n_head, n_seq, n_embd/n_head]
+    if hook: z = hook("attn.hook_z", z)
+    return linear(z.transpose(0, 2, 1, 3).reshape(B, n_seq, n_embd), **c_proj)  # heads merged
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask, past=None):  # [B, n_seq, n_embd] -> same, present
-    a, present = mha(layer_norm(x, **ln_1), **attn, n_head=n_head, mask=mask, past=past)
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask=None, kv=None, hook=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
+    if hook: x = hook("hook_resid_pre", x)
+    a = mha(layer_norm(x, **ln_1, hook=prefixed(hook, "ln1.")), **attn, n_head=n_head, mask=mask, kv=kv, hook=hook)
+    if hook: a = hook("hook_attn_out", a)
     x = x + a
-    x = x + ffn(layer_norm(x, **ln_2), **mlp)
-    return x, present
+    if hook: x = hook("hook_resid_mid", x)
+    m = ffn(layer_norm(x, **ln_2, hook=prefixed(hook, "ln2.")), **mlp, hook=hook)
+    if hook: m = hook("hook_mlp_out", m)
+    x = x + m
+    if hook: x = hook("hook_resid_post", x)
+    return x
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mask=None, last_only=False):
+def prefixed(hook, prefix):
+    """The hook, called with prefix + name: how a block's own names become "blocks.3.attn.hook_q"."""
+    return hook and (lambda name, x: hook(prefix + name, x))
+
+
+def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, hook=None):  # [B, n_seq] -> [B, n_seq, n_embd]
+    """The residual stream after the last block, before ln_f, and the new KV cache (see gpt2())."""
+    B, n_seq = inputs.shape
+    d = wte.shape[1] // n_head
+    if kvcache is not None and not (isinstance(kvcache, KVCache) or kvcache == []):
+        raise ValueError("kvcache must be [] (to start one) or a KVCache that gpt2() returned")
+    if kvcache and (kvcache.shape[:3] != (len(blocks), B, n_head) or kvcache.shape[4] != d):
+        raise ValueError(f"this {kvcache!r} is not for a batch of {B} of this model "
+                         f"({len(blocks)} blocks, {n_head} heads of {d})")
+    n_past = kvcache.n_past if kvcache else 0
+    n_all = n_past + n_seq
+    if n_all > len(wpe):
+        raise ValueError(f"{n_past} cached + {n_seq} new tokens exceed the context of {len(wpe)} (n_ctx)")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (B, n_all):
+            raise ValueError(f"mask must have shape [B, n_past + n_seq] = {[B, n_all]}, got {list(mask.shape)}")
+    empty = KVCache.empty(len(blocks), B, n_head, d, capacity=len(wpe) if kvcache is not None else n_seq)
+    cache = (kvcache or empty).extended(n_seq, capacity=len(wpe))
+
+    # Positions count real tokens only: each row's first real token is at 0 however much padding precedes it.
+    positions = np.arange(n_past, n_all)[None] if mask is None else np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, n_past:]
+    embed, pos_embed = wte[inputs], wpe[positions]  # [B, n_seq, n_embd] each
+    if hook: embed, pos_embed = hook("hook_embed", embed), hook("hook_pos_embed", pos_embed)
+    x = embed + pos_embed
+    for i, block in enumerate(blocks):
+        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv=cache.writable(i), hook=prefixed(hook, f"blocks.{i}."))
+    return x, cache
+
+
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mask=None, last_only=False, hook=None):
     """Logits for the token ids `inputs`: [n_seq] -> [n_seq, n_vocab], or [B, n_seq] -> [B, n_seq, n_vocab].
 
-    Without `kvcache` this is picoGPT's function and returns the logits alone. With one, `inputs`
-    are the tokens that follow those in the cache, and the call returns `(logits, kvcache)`, a new
-    cache with them added (the one passed in is not changed); start with `kvcache=[]`.
-    Cache layout: one `(k, v)` pair per block, each [B, n_head, n_past, n_embd/n_head] float32.
+    Without `kvcache` this is picoGPT's function and returns the logits alone. With one, `inputs` are
+    the tokens that follow those in the cache, and the call returns `(logits, kvcache)`: a new cache
+    with them added; the one passed in is not changed, so it can be continued again (kvcache.py).
+    Start with `kvcache=[]`.
     `mask` ([B, n_past + n_seq] bool, False at padding) lets rows of different lengths share a
     batch: padding is never attended to, and positions count real tokens only, so each row's
     first real token is at position 0 however much padding precedes it.
     `last_only` computes the logits of the last position alone ([..., 1, n_vocab]), all decoding needs.
     `lm_head` ([n_vocab, n_embd]) is the unembedding of a fine-tune that untied it from wte; GPT-2's own is wte.
+    `hook(name, array) -> array` sees every intermediate value by its TransformerLens name and may replace it
+    (lens.py builds on it); None, the default, costs nothing.
     """
     try:
         inputs = np.asarray(inputs)
@@ -106,29 +198,17 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mas
         raise ValueError("inputs must be a non-empty list of token ids, or B such lists of equal length (pad with a mask)")
     if inputs.min() < 0 or inputs.max() >= len(wte):  # a negative id would silently index from the end
         raise ValueError(f"token ids must be in [0, {len(wte)}), got {inputs.min()} to {inputs.max()}")
-    B, n_seq = inputs.shape
-    cached, kvcache = kvcache is not None, kvcache or [None] * len(blocks)
-    n_past = 0 if kvcache[0] is None else kvcache[0][0].shape[2]
-    n_all = n_past + n_seq
-    if n_all > len(wpe):
-        raise ValueError(f"{n_past} cached + {n_seq} new tokens exceed the context of {len(wpe)} (n_ctx)")
-    mask = np.ones((B, n_all), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    if mask.shape != (B, n_all):
-        raise ValueError(f"mask must have shape [B, n_past + n_seq] = {[B, n_all]}, got {list(mask.shape)}")
-
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, n_past:]  # [B, n_seq]
-    causal = np.tril(np.ones((n_seq, n_all), dtype=bool), k=n_past)  # query i sits at column n_past + i
-    attn_mask = causal & mask[:, None, None, :]  # [B, 1, n_seq, n_all]
-    x = wte[inputs] + wpe[positions]  # [B, n_seq, n_embd]
-    presents = []
-    for block, past in zip(blocks, kvcache):
-        x, present = transformer_block(x, **block, n_head=n_head, mask=attn_mask, past=past)
-        presents.append(present)
-    x = layer_norm(x[:, -1:] if last_only else x, **ln_f)
-    unembedding = wte if lm_head is None else lm_head  # tied to wte, as in GPT-2
-    logits = linear(x, unembedding.T, 0)  # [B, n_seq, n_embd] -> [B, n_seq, n_vocab]
+    x, cache = transformer(inputs, wte, wpe, blocks, n_head, kvcache, mask, hook)
+    x = layer_norm(x[:, -1:] if last_only else x, **ln_f, hook=prefixed(hook, "ln_final."))
+    logits = unembed(x, wte, lm_head)
     logits = logits[0] if single else logits
-    return (logits, presents) if cached else logits
+    return (logits, cache) if kvcache is not None else logits
+
+
+def unembed(x, wte, lm_head=None):  # [..., n_embd] -> [..., n_vocab]
+    """The logits of a (normalized) residual stream: the unembedding is tied to wte, as in GPT-2."""
+    w = wte if lm_head is None else lm_head  # [n_vocab, n_embd]
+    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], len(w))
 
 
 def is_batch(inputs):
@@ -183,11 +263,11 @@ def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=
 
 
 def _steps(prompts, params, n_head, n_tokens, stop_at_eot, n_ctx, choose):
-    # Left padding makes one rectangle; the mask marks the real tokens.
-    width = max(map(len, prompts))
-    tokens = np.array([[EOT] * (width - len(p)) + p for p in prompts])[:, -n_ctx:]  # [B, <= n_ctx]
-    mask = np.array([[False] * (width - len(p)) + [True] * len(p) for p in prompts])[:, -n_ctx:]
-    logits, kvcache = gpt2(tokens, **params, n_head=n_head, kvcache=[], mask=mask, last_only=True)
+    """The next id of every row, step by step. Each row's window, the tokens its cache holds, slides on its
+    own schedule (only with slide: check_request refused the rest), exactly as the row would alone."""
+    windows = [p[-n_ctx:] for p in prompts]
+    tokens, mask = left_padded(windows)
+    logits, cache = gpt2(tokens, **params, n_head=n_head, kvcache=[], mask=mask, last_only=True)
     ended = np.zeros(len(prompts), dtype=bool)
     for step in range(n_tokens):
         next_ids = np.array([choose(row) for row in logits[:, -1]])  # [B]
@@ -195,13 +275,50 @@ def _steps(prompts, params, n_head, n_tokens, stop_at_eot, n_ctx, choose):
         ended |= (next_ids == EOT) & stop_at_eot
         if ended.all() or step == n_tokens - 1:
             return
-        tokens = np.concatenate([tokens, next_ids[:, None]], axis=1)
-        mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=bool)], axis=1)
-        if mask.shape[1] <= n_ctx:  # the usual step: one new position per row, through the cache
-            logits, kvcache = gpt2(tokens[:, -1:], **params, n_head=n_head, kvcache=kvcache, mask=mask, last_only=True)
-        else:  # only with slide: drop the older half of the window and re-read the rest
-            tokens, mask = tokens[:, -(n_ctx // 2):], mask[:, -(n_ctx // 2):]
-            logits, kvcache = gpt2(tokens, **params, n_head=n_head, kvcache=[], mask=mask, last_only=True)
+        for window, i in zip(windows, next_ids):
+            window.append(int(i))
+        if mask is not None:
+            mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=bool)], axis=1)
+        full = [r for r, window in enumerate(windows) if len(window) > n_ctx]
+        if not full:  # the usual step: one new position per row, through the cache
+            logits, cache = gpt2(next_ids[:, None], **params, n_head=n_head, kvcache=cache, mask=mask, last_only=True)
+        else:
+            logits, cache, mask = _slide(windows, full, next_ids, cache, mask, params, n_head, n_ctx)
+
+
+def _slide(windows, full, next_ids, cache, mask, params, n_head, n_ctx):
+    """A step in which the rows `full` have more than n_ctx tokens: each of them starts again from its most
+    recent n_ctx // 2 tokens, read afresh, while the other rows take their new token through the cache.
+    -> (logits [B, 1, n_vocab], the cache of every row, its mask)."""
+    B = len(windows)
+    rest = [r for r in range(B) if r not in full]
+    logits, parts = np.empty((B, 1, len(params["wte"])), dtype=np.float32), []
+    if rest:
+        rest_mask = (np.ones((B, cache.n_past + 1), dtype=bool) if mask is None else mask)[rest]
+        start = int(rest_mask.any(axis=0).argmax())  # the columns before are padding in every row of the rest
+        rest_mask = rest_mask[:, start:]
+        logits[rest], rest_cache = gpt2(next_ids[rest, None], **params, n_head=n_head,
+                                        kvcache=cache.take(rest, start), mask=rest_mask, last_only=True)
+        parts.append((rest, rest_cache, rest_mask))
+    for r in full:
+        windows[r] = windows[r][-(n_ctx // 2):]
+    tokens, full_mask = left_padded([windows[r] for r in full])
+    logits[full], full_cache = gpt2(tokens, **params, n_head=n_head, kvcache=[], mask=full_mask, last_only=True)
+    parts.append((full, full_cache, np.ones(tokens.shape, dtype=bool) if full_mask is None else full_mask))
+    cache, mask = merge_rows(parts, B, n_ctx)
+    return logits, cache, mask
+
+
+def left_padded(rows):
+    """Rows of ids of any lengths -> (tokens [B, width], mask [B, width] False at padding, or None if none is).
+
+    [[1, 2, 3], [4]] -> ([[1, 2, 3], [EOT, EOT, 4]], [[True, True, True], [False, False, True]])
+    """
+    width = max(map(len, rows))
+    tokens = np.array([[EOT] * (width - len(row)) + list(row) for row in rows])
+    if all(len(row) == width for row in rows):
+        return tokens, None
+    return tokens, np.array([[False] * (width - len(row)) + [True] * len(row) for row in rows])
 
 
 def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
@@ -241,14 +358,25 @@ def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
     scored, done = [], 1  # ids[:done] are scored (the first never is)
     for begin in range(0, len(ids), stride):
         end = min(begin + n_ctx, len(ids))
-        logprobs = log_softmax(gpt2(ids[begin:end], **params, n_head=n_head)[:-1])  # [end - begin - 1, n_vocab]
-        targets = ids[begin + 1 : end]
-        window = logprobs[np.arange(len(targets)), targets]  # scores ids[begin + 1 : end]
-        scored.append(window[done - (begin + 1) :])
+        x, _ = transformer(ids[None, begin:end], params["wte"], params["wpe"], params["blocks"], n_head)
+        # Only the positions whose next token this window scores, ids[done:end], need their logits.
+        x = layer_norm(x[0, done - 1 - begin : end - 1 - begin], **params["ln_f"])  # [end - done, n_embd]
+        scored.append(target_logprobs(x, ids[done:end], params["wte"], params.get("lm_head")))
         done = end
         if end == len(ids):
             break
     return np.concatenate(scored)
+
+
+def target_logprobs(x, targets, wte, lm_head=None, rows=64):  # [n, n_embd], [n] -> [n]
+    """log_softmax(unembed(x))[i, targets[i]] for each row, `rows` rows at a time: the [rows, n_vocab] logits
+    stay in cache rather than becoming one [n, n_vocab] array (410 MB for a 2048-token window)."""
+    out = np.empty(len(x), dtype=np.float32)
+    for i in range(0, len(x), rows):
+        logits = unembed(x[i : i + rows], wte, lm_head)  # [rows, n_vocab]
+        picked = logits[np.arange(len(logits)), targets[i : i + rows]]
+        out[i : i + rows] = picked - logsumexp(logits)
+    return out
 
 
 if __name__ == "__main__":

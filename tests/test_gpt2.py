@@ -7,6 +7,7 @@ import torch
 
 import decoding
 import gpt2
+import kvcache
 import utils
 from conftest import SHAPES, hf_model
 
@@ -42,12 +43,12 @@ def test_layer_by_layer_matches_hf(model):
 
     x = params["wte"][ids] + params["wpe"][: len(ids)]
     np.testing.assert_allclose(x, ref[0], rtol=1e-4, atol=1e-4)
-    x, causal = x[None], np.tril(np.ones((len(ids), len(ids)), dtype=bool))  # a batch of one
+    x = x[None]  # a batch of one
     *inner, last = params["blocks"]
     for i, block in enumerate(inner):
-        x, _ = gpt2.transformer_block(x, **block, n_head=hparams["n_head"], mask=causal)
+        x = gpt2.transformer_block(x, **block, n_head=hparams["n_head"])
         np.testing.assert_allclose(x[0], ref[i + 1], rtol=1e-4, atol=1e-4, err_msg=f"block {i}")
-    x, _ = gpt2.transformer_block(x, **last, n_head=hparams["n_head"], mask=causal)
+    x = gpt2.transformer_block(x, **last, n_head=hparams["n_head"])
     np.testing.assert_allclose(gpt2.layer_norm(x[0], **params["ln_f"]), ref[-1], rtol=1e-4, atol=1e-4)
     logits = gpt2.gpt2(ids, **params, n_head=hparams["n_head"])
     assert logits.shape == (len(ids), hparams["n_vocab"]) and logits.dtype == np.float32
@@ -118,8 +119,10 @@ def float64_arrays_in_forward_pass(run):
         elif isinstance(value, (np.ndarray, np.generic)):
             yield value
 
+    engine = {gpt2.__file__, kvcache.__file__, decoding.__file__}
+
     def profiler(frame, event, arg):
-        if event == "return" and frame.f_code.co_filename == gpt2.__file__:
+        if event == "return" and frame.f_code.co_filename in engine:
             for name, value in [*frame.f_locals.items(), ("<returned>", arg)]:
                 if any(a.dtype == np.float64 for a in arrays(value)):
                     found.append(f"{frame.f_code.co_name}: {name}")
@@ -138,16 +141,19 @@ def test_no_float64_anywhere_in_the_forward_pass(model):
     def run():
         gpt2.gpt2(PROMPTS[2], **params, n_head=hparams["n_head"])
         gpt2.generate(PROMPTS[0], params, hparams["n_head"], n_tokens=3)
+        gpt2.generate([PROMPTS[0], PROMPTS[2]], params, hparams["n_head"], n_tokens=3, temperature=1.0, top_p=0.9)
+        gpt2.score(PROMPTS[4], params, hparams["n_head"])
 
     assert float64_arrays_in_forward_pass(run) == []
 
 
 def test_float64_check_catches_an_upcast(model, monkeypatch):
-    """The check above can fail: a float64 GELU constant (picoGPT's bug under NumPy 2) is caught."""
+    """The check above can fail: a float64 constant (picoGPT's bug under NumPy 2: np.sqrt(2 / np.pi)) is caught."""
     hparams, params, _ = model
-    monkeypatch.setattr(gpt2, "GELU_C", np.sqrt(2 / np.pi))
+    layer_norm = gpt2.layer_norm
+    monkeypatch.setattr(gpt2, "layer_norm", lambda x, g, b, eps=1e-5, hook=None: layer_norm(x, g, b, np.sqrt(eps), hook))
     found = float64_arrays_in_forward_pass(lambda: gpt2.gpt2(PROMPTS[0], **params, n_head=hparams["n_head"]))
-    assert any(f.startswith("gelu") for f in found)
+    assert "layer_norm: scale" in found
 
 
 @pytest.mark.parametrize(
@@ -168,25 +174,26 @@ def test_generate_rejects_bad_requests(model, prompt, n_tokens, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("n_past, n_seq", [(0, 50), (13, 30), (40, 1)])
-def test_causal_attention_in_blocks_equals_one_block(n_past, n_seq):
-    """Query blocks that skip the keys they may not see give what one full masked softmax gives."""
+@pytest.mark.parametrize("n_past, n_seq", [(0, 50), (13, 30), (40, 1), (0, 1)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_causal_attention_in_blocks_equals_the_textbook(n_past, n_seq, padded):
+    """Query blocks that skip the keys they may not see, and mask only what some query may not see, give
+    what one full masked softmax gives."""
     rng = np.random.default_rng(n_past)
     B, n_head, d, n_all = 2, 3, 8, n_past + n_seq
     q = rng.standard_normal((B, n_head, n_seq, d), dtype=np.float32)
     k, v = (rng.standard_normal((B, n_head, n_all, d), dtype=np.float32) for _ in range(2))
     real = np.ones((B, n_all), dtype=bool)
-    real[1, :5] = False  # the second row is left-padded
-    mask = np.tril(np.ones((n_seq, n_all), dtype=bool), k=n_past) & real[:, None, None, :]
-    seen = np.broadcast_to(mask.any(axis=-1, keepdims=True), q.shape)  # padding queries see nothing: ignored
-    whole = gpt2.attention(q, k, v, mask)
-    for block in (1, 7, 16, 128):
-        blocked = gpt2.causal_attention(q, k, v, mask, block=block)
-        np.testing.assert_allclose(blocked[seen], whole[seen], rtol=1e-5, atol=1e-6)
-    scores = np.where(mask, q @ k.swapaxes(-1, -2) / np.float32(np.sqrt(d)), -np.inf)  # the textbook form
+    real[1, : min(5, n_all - 1)] = not padded  # the second row is left-padded
+    visible = np.tril(np.ones((n_seq, n_all), dtype=bool), k=n_past) & real[:, None, None, :]
+    seen = np.broadcast_to(visible.any(axis=-1, keepdims=True), q.shape)  # padding queries see nothing: ignored
+    scores = np.where(visible, q @ k.swapaxes(-1, -2) / np.float32(np.sqrt(d)), -np.inf)  # the textbook form
     with np.errstate(invalid="ignore"):
         textbook = decoding.softmax(scores) @ v
-    np.testing.assert_allclose(whole[seen], textbook[seen], rtol=1e-5, atol=1e-6)
+    for block in (1, 7, 16, 128):
+        blocked = gpt2.causal_attention(q, k, v, real if padded else None, block=block)
+        assert blocked.dtype == np.float32
+        np.testing.assert_allclose(blocked[seen], textbook[seen], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
