@@ -222,7 +222,7 @@ def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, t
     return rows
 
 
-def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
+def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
     """Natural-log probability of each token given those before it: one float32 for each of ids[1:].
 
     A text longer than n_ctx is read in windows of n_ctx tokens that start every `stride` tokens
@@ -246,6 +246,7 @@ def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
         window = logprobs[np.arange(len(targets)), targets]  # scores ids[begin + 1 : end]
         scored.append(window[done - (begin + 1) :])
         done = end
+        if progress is not None: progress(done - 1, len(ids) - 1)  # tokens scored so far, of all
         if end == len(ids):
             break
     return np.concatenate(scored)
