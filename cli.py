@@ -1,109 +1,249 @@
 """The command line: `python gpt2.py "Alan Turing theorized" --n_tokens 40` hands over to main() here.
 
-It parses the options, loads the model (utils.py), and runs one mode: stream one continuation, a batch
-(--n_samples, --prompts_file), --interactive, or --score.
+It parses the options (refusing any that the chosen mode would ignore), loads the model (utils.py), and
+runs one mode: stream one continuation, a batch (--n_samples, --prompts_file), --interactive (the loop
+is in interactive.py), or --score. Progress bars go to stderr, and only when stderr is a terminal.
 """
 import argparse
 import math
+import os
+import re
 import sys
 
 import numpy as np
 
-from gpt2 import generate, score
+import interactive
+from gpt2 import generate_stream, score
 from textstream import decode_text, stream_text
+
+N_TOKENS = 40
+# Options that only mean something when generating, and when scoring: given in another mode, they are an error.
+GENERATING = ("n_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eot", "slide")
+SCORING = ("per_token", "stride")
+SAMPLING = ("top_k", "top_p", "seed")  # each asks for a draw, so they turn sampling on (as does --n_samples above 1)
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
 def positive_int(text):
     """argparse type: a whole number >= 1, or a one-line usage error."""
+    return whole_number(text, 1)
+
+
+def whole_number(text, least=0):
+    """argparse type: a whole number >= least (0 unless told), or a one-line usage error."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, got {text!r}")
     return value
 
 
+def stop_string(text):
+    r"""argparse type for --stop: the text with \n, \t, \r and \\ read as a newline, tab, return and backslash.
+
+    A shell passes "\n" on as a backslash and an n, so --stop "\n" means a newline, as in grep and printf.
+    """
+    def unescape(match):
+        if match[1] not in ESCAPES:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} holds the unknown escape \\{match[1]}: the escapes are \\n \\t \\r, and \\\\ for a backslash")
+        return ESCAPES[match[1]]
+
+    if not text:
+        raise argparse.ArgumentTypeError("an empty stop string matches nowhere: give some text")
+    return re.sub(r"\\(.?)", unescape, text, flags=re.S)
+
+
 def parse_args(argv, model_sizes):
-    parser = argparse.ArgumentParser(
-        description="Continue (or score) text with OpenAI's GPT-2, in pure NumPy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("prompt", nargs="?", help="the text to continue (or score); see also --prompts_file, --interactive")
-    parser.add_argument("--n_tokens", type=positive_int, default=40, help="how many tokens to generate")
-    parser.add_argument("--model_size", default="124M", choices=model_sizes, help="which GPT-2")
-    parser.add_argument("--models_dir", default="models", help="where checkpoints live (downloaded if missing)")
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher is more random")
-    sampling.add_argument("--top_k", type=positive_int, default=None, help="draw only from the k most likely tokens")
-    sampling.add_argument("--top_p", type=float, default=None, help="draw only from the most likely tokens holding this much probability")
-    sampling.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    parser = argparse.ArgumentParser(usage="%(prog)s [prompt] [options]  (--help lists them)",
+                                     description="Continue (or score) text with OpenAI's GPT-2, in pure NumPy.")
+    parser.add_argument("prompt", nargs="?", help="the text to continue (or score), taken literally; see also --prompts_file, --interactive")
+    parser.add_argument("--n_tokens", type=positive_int, help=f"how many tokens to generate (default: {N_TOKENS})")
+    parser.add_argument("--model_size", default="124M", choices=model_sizes, help="which GPT-2 (default: %(default)s)")
+    parser.add_argument("--models_dir", default="models", help="where checkpoints live, downloaded if missing (default: %(default)s)")
+    sampling = parser.add_argument_group("sampling", "Greedy unless asked: --top_k, --top_p, --seed or --n_samples above 1 "
+                                         "without --temperature sample at temperature 1, as OpenAI's sampler does.")
+    sampling.add_argument("--temperature", type=float, help="0 is greedy; higher is more random (default: 0, or 1 as above)")
+    sampling.add_argument("--top_k", type=positive_int, help="draw only from the k most likely tokens (default: all)")
+    sampling.add_argument("--top_p", type=float, help="draw only from the most likely tokens holding this much probability (default: 1)")
+    sampling.add_argument("--seed", type=whole_number, help="the same seed gives the same text (default: a fresh draw each run)")
     stopping = parser.add_argument_group("stopping and long prompts")
-    stopping.add_argument("--stop", action="append", default=[], help="end the text before this string (repeatable)")
+    stopping.add_argument("--stop", action="append", type=stop_string, default=[],
+                          help=r"end the text before this string (repeatable); \n \t \r and \\ are a newline, tab, return and backslash")
     stopping.add_argument("--ignore_eot", action="store_true", help="go on past <|endoftext|>")
     stopping.add_argument("--allow_special", action="store_true", help="read <|endoftext|> in the prompt as the special token, not as text")
     stopping.add_argument("--slide", action="store_true", help="beyond n_ctx, slide the window to the most recent tokens instead of stopping with an error")
     modes = parser.add_argument_group("modes")
-    modes.add_argument("--n_samples", type=positive_int, default=1, help="continue the prompt (each prompt of --prompts_file) this many times, in one batch")
-    modes.add_argument("--prompts_file", help="continue every non-empty line of this file, in one batch")
+    modes.add_argument("--n_samples", type=positive_int, help="continue the prompt (each prompt of --prompts_file) this many times, in one batch (default: 1)")
+    modes.add_argument("--prompts_file", help="continue (or score) every non-empty line of this file; continuations in one batch")
     modes.add_argument("--interactive", action="store_true", help="load once, then continue each line read from stdin until EOF")
     modes.add_argument("--score", action="store_true", help="print the prompt's total log-probability and perplexity instead")
     modes.add_argument("--per_token", action="store_true", help="with --score, also print a table of every token's log-probability")
-    modes.add_argument("--stride", type=positive_int, default=None, help="with --score, the sliding window's step for texts beyond n_ctx; None means n_ctx // 2")
+    modes.add_argument("--stride", type=positive_int, help="with --score, the sliding window's step for texts beyond n_ctx (default: n_ctx // 2)")
     modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
     args = parser.parse_args(argv)
-    if args.prompt is not None and args.prompts_file is not None:
-        parser.error("give a prompt or --prompts_file, not both")
-    if args.prompt is None and args.prompts_file is None and not args.interactive and not args.verify:
-        parser.error("give a prompt, or --prompts_file, or --interactive (or --verify alone)")
+    problem = conflict(args)
+    if problem:
+        parser.error(problem)
+    sampled = given(args, SAMPLING) + ["--n_samples"] * ((args.n_samples or 1) > 1)
+    if args.temperature == 0 and sampled:
+        parser.error(f"--temperature 0 is greedy, so {' and '.join(sampled)} would do nothing: drop one or the other")
+    if args.temperature is None:
+        args.temperature = 1.0 if sampled else 0.0
+    args.n_tokens, args.n_samples = args.n_tokens or N_TOKENS, args.n_samples or 1
     return args
 
 
-def print_score(ids, params, n_head, encoder, stride, per_token):
-    logprobs = score(ids, params, n_head, stride)
-    if per_token:
-        print(f"{'position':>8}  {'id':>6}  {'log-prob':>9}  token")
-        for position, (token_id, logprob) in enumerate(zip(ids[1:], logprobs), start=1):
-            print(f"{position:>8}  {token_id:>6}  {logprob:>9.4f}  {encoder.decode([token_id])!r}")
-    total = float(np.sum(logprobs))
-    print(f"tokens scored: {len(logprobs)}  total log-prob: {total:.4f} nats  perplexity: {math.exp(-total / len(logprobs)):.4f}")
+def given(args, names):
+    """The options among `names` that the command line set, as "--name" (every default here is None, False or [])."""
+    # Not `in (None, False, [])`: 0 == False, and --seed 0 or --temperature 0 is given.
+    return [f"--{name}" for name in names if not (getattr(args, name) is None or getattr(args, name) is False or getattr(args, name) == [])]
+
+
+def conflict(args):
+    """What is wrong with this combination of modes and options, or None: no option may go silently unused."""
+    texts = args.prompt is not None or args.prompts_file is not None
+    if args.prompt is not None and args.prompts_file is not None:
+        return "give a prompt or --prompts_file, not both"
+    if args.interactive and texts:
+        clash = "the prompt" if args.prompt is not None else "--prompts_file"
+        return f"--interactive reads its prompts from stdin: drop {clash} (or --interactive)"
+    if args.interactive and args.score:
+        return "--interactive continues each line of stdin and scores nothing: drop --score (or --interactive)"
+    if not texts and not args.interactive:
+        if not args.verify:
+            return "give a prompt, or --prompts_file, or --interactive (or --verify alone)"
+        unused = given(args, (*GENERATING, *SCORING, "n_samples", "allow_special"))
+        where = "with --verify alone (no prompt, --prompts_file or --interactive)"
+    elif args.score:
+        unused, where = given(args, (*GENERATING, "n_samples")), "with --score, which generates nothing"
+    else:
+        unused = given(args, (*SCORING, "n_samples") if args.interactive else SCORING)
+        where = "with --interactive, which makes one continuation per line" if args.interactive else "without --score"
+    if unused:
+        return f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing {where}: drop {'it' if len(unused) == 1 else 'them'}"
+    return None
+
+
+def generation_bytes(n_rows, width, n_tokens, hparams):  # [n_rows, width] prompts + n_tokens -> bytes at the peak
+    """About how much memory generating takes beyond the weights: n_rows prompts padded to `width` tokens.
+
+    The peak of this engine, all float32 (4 bytes), with n_positions = min(width + n_tokens, n_ctx):
+    - the KV cache [n_layer, 2, n_rows, n_positions, n_embd], twice: each step copies it one position longer;
+    - the prompt's activations in one block, [n_rows, width, about 20 * n_embd] (qkv, the MLP's 4 * n_embd
+      and GELU's temporaries of that size), and one block of attention scores [n_rows, n_head, <= 128, width];
+    - the logits [n_rows, n_vocab], three times: the last step's, this step's product and its sum with the bias.
+    """
+    width = min(width, hparams["n_ctx"])
+    n_positions = min(width + n_tokens, hparams["n_ctx"])
+    kvcache = 2 * hparams["n_layer"] * 2 * n_rows * n_positions * hparams["n_embd"]
+    prefill = n_rows * width * (20 * hparams["n_embd"] + hparams["n_head"] * min(width, 128))
+    logits = 3 * n_rows * hparams["n_vocab"]
+    return 4 * (kvcache + prefill + logits)
+
+
+def memory_available():
+    """Bytes the system can give without swapping (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def check_memory(n_rows, width, n_tokens, hparams, fixes):
+    """A ValueError saying what to lower (`fixes`) when generating cannot fit in the memory available."""
+    needed, available = generation_bytes(n_rows, width, n_tokens, hparams), memory_available()
+    if available is not None and needed > available:
+        rows = f"{n_rows:,} rows of" if n_rows > 1 else "a prompt of"
+        raise ValueError(f"generating {rows} {width:,} tokens plus {n_tokens:,} needs about {gib(needed)} of memory, "
+                         f"but {gib(available)} is available: {', or '.join(fixes)}")
+
+
+def gib(n):
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def main(argv=None):
     import utils  # imported here so that `import gpt2` stays light
 
     args = parse_args(argv, utils.MODEL_SIZES)
-    options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
     try:
-        encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
-        if args.verify:  # the shapes were checked as the model loaded; this reads every byte
-            model_dir = f"{args.models_dir}/{args.model_size}"
-            checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir))
-            print(f"{model_dir}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
-            if args.prompt is None and args.prompts_file is None and not args.interactive:
-                return
-        n_head = hparams["n_head"]
-        encode = lambda text: encoder.encode(text, allowed_special="all" if args.allow_special else ())
-        if args.interactive:
-            interactive(encode, params, n_head, encoder, args.stop, options)
-        elif args.score:
-            prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
-            for prompt in prompts:
-                print_score(encode(prompt), params, n_head, encoder, args.stride, args.per_token)
-        elif args.prompts_file or args.n_samples > 1:
-            prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
-            prompts = [p for p in prompts for _ in range(args.n_samples)]
-            rows = generate([encode(p) for p in prompts], params, n_head, **options)
-            for i, (prompt, row) in enumerate(zip(prompts, rows), start=1):
-                print(f"=== {i}/{len(rows)}: {prompt}")
-                print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
-        else:
-            print_stream(encode(args.prompt), params, n_head, encoder, args.stop, options)
+        run(args, utils)
+        sys.stdout.flush()  # here, so that a reader that left shows up below, not as Python's exit warning
+    except BrokenPipeError:  # the reader of stdout has all it wanted (`| head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nowhere
+        sys.exit(0)
     except (ValueError, OSError) as e:
         sys.exit(f"gpt2.py: error: {e}")
     except KeyboardInterrupt as e:
         sys.exit(f"\ngpt2.py: {str(e) or 'interrupted'}")
+
+
+def run(args, utils):
+    options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
+    encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
+    if args.verify:  # the shapes were checked as the model loaded; this reads every byte
+        model_dir = f"{args.models_dir}/{args.model_size}"
+        checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir), quiet=not sys.stderr.isatty())
+        print(f"{model_dir}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
+        if args.prompt is None and args.prompts_file is None and not args.interactive:
+            return
+    n_head = hparams["n_head"]
+    encode = lambda text: encoder.encode(text, allowed_special="all" if args.allow_special else ())
+
+    def continue_one(prompt):
+        ids = encode(prompt)
+        check_memory(1, len(ids), args.n_tokens, hparams, ["lower --n_tokens", "shorten the prompt"])
+        print_stream(ids, params, n_head, encoder, args.stop, options)
+
+    if args.interactive:
+        interactive.run(continue_one, "gpt2.py")
+    elif args.score:
+        for prompt in [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file):
+            print_score(encode(prompt), params, n_head, encoder, args.stride, args.per_token)
+    elif args.prompts_file or args.n_samples > 1:
+        prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+        fixes = ["lower --n_samples"] * (args.n_samples > 1) + ["give fewer prompts"] * (len(prompts) > 1)
+        batch = [encode(p) for p in prompts]
+        check_memory(len(prompts) * args.n_samples, max(map(len, batch)), args.n_tokens, hparams,
+                     [*fixes, "shorten the prompts" if len(prompts) > 1 else "shorten the prompt", "lower --n_tokens"])
+        prompts = [p for p in prompts for _ in range(args.n_samples)]
+        rows = generate_rows([ids for ids in batch for _ in range(args.n_samples)], params, n_head, options)
+        for i, (prompt, row) in enumerate(zip(prompts, rows), start=1):
+            print(f"=== {i}/{len(rows)}: {prompt}")
+            print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
+    else:
+        continue_one(args.prompt)
+
+
+def generate_rows(batch, params, n_head, options):
+    """gpt2.generate for a batch, with a bar on stderr counting the steps when stderr is a terminal."""
+    from tqdm import tqdm
+
+    rows = [[] for _ in batch]
+    steps = generate_stream(batch, params, n_head, **options)
+    for next_ids in tqdm(steps, total=options["n_tokens"], desc="generating", unit="step", leave=False, disable=None):
+        for row, i in zip(rows, next_ids):
+            if i is not None:
+                row.append(i)
+    return rows
+
+
+def print_score(ids, params, n_head, encoder, stride, per_token):
+    from tqdm import tqdm
+
+    with tqdm(total=max(len(ids) - 1, 0), desc="scoring", unit="token", leave=False, disable=None) as bar:
+        logprobs = score(ids, params, n_head, stride, progress=lambda done, total: bar.update(done - bar.n))
+    if per_token:
+        print(f"{'position':>8}  {'id':>6}  {'log-prob':>9}  token")
+        for position, (token_id, logprob) in enumerate(zip(ids[1:], logprobs), start=1):
+            print(f"{position:>8}  {token_id:>6}  {logprob:>9.4f}  {encoder.decode([token_id])!r}")
+    total = float(np.sum(logprobs))
+    print(f"tokens scored: {len(logprobs)}  total log-prob: {total:.4f} nats  perplexity: {math.exp(-total / len(logprobs)):.4f}")
 
 
 def print_stream(ids, params, n_head, encoder, stop, options):
@@ -123,23 +263,6 @@ def read_prompts(path):
     if not prompts:
         raise ValueError(f"{path} has no prompts: write one per line")
     return prompts
-
-
-def interactive(encode, params, n_head, encoder, stop, options):
-    """Continue each line read from stdin until EOF; a bad prompt gets its error and the loop goes on."""
-    show_prompt = sys.stdin.isatty()
-    while True:
-        if show_prompt:
-            print("> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            return
-        if not line.strip():
-            continue
-        try:
-            print_stream(encode(line.rstrip("\n")), params, n_head, encoder, stop, options)
-        except ValueError as e:
-            print(f"gpt2.py: error: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

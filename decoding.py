@@ -24,7 +24,11 @@ def logsumexp(x):  # [..., n] -> [...]
 
 
 def top_k_filter(logits, top_k):  # [n_vocab] -> [n_vocab]
-    """Logits below the k-th largest become -inf (ties with it stay). [1, 3, 2], k=2 -> [-inf, 3, 2]."""
+    """Logits below the k-th largest become -inf (ties with it stay). [1, 3, 2], k=2 -> [-inf, 3, 2].
+
+    A k beyond the vocabulary keeps every token, as HuggingFace's TopKLogitsWarper does.
+    """
+    top_k = min(top_k, len(logits))
     kth = np.partition(logits, -top_k)[-top_k]
     return np.where(logits < kth, -np.inf, logits).astype(logits.dtype)
 

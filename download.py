@@ -4,8 +4,11 @@
   and its MD5 matches when the server sends one (Content-MD5, or Azure's x-ms-blob-content-md5);
 - a `.part` left by a broken or interrupted run is continued with an HTTP Range request;
 - timeouts, broken connections and 5xx answers are retried with exponential backoff, resuming;
-- `checkpoint` lands last, after every tensor passed its crc32c check (checkpoint.verify), so a folder
-  that model_is_present() accepts was checked whole; a corrupt download is deleted, not kept;
+- `checkpoint` lands last, after every tensor passed its crc32c check (checkpoint.verify) and its shape
+  matched hparams.json, so a folder that model_is_present() accepts was checked whole; a corrupt download
+  is deleted, not kept;
+- a name that does not resolve (offline) is final after one retry; a folder that lacks only the vocab
+  (encoder.json, vocab.bpe) needs no network: the repo ships it in vocab/, and it is copied in;
 - one process at a time downloads into a folder (an fcntl lock); the others wait, then find it there.
 
 `python utils.py download` is the command line for it.
@@ -15,12 +18,13 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import checkpoint
-from encoder import check_model_size
+from encoder import VOCAB_DIR, check_model_size
 
 try:
     import fcntl
@@ -38,6 +42,7 @@ TIMEOUT = (10, 30)  # seconds to connect, and to wait for each next piece of a b
 ATTEMPTS = 5  # tries in a row that may fail before a download gives up; a try that brings bytes restarts the count
 BACKOFF = 1.0  # seconds before the first retry; each further retry in a row waits twice as long
 CHUNK = 1 << 16
+VOCAB = ("encoder.json", "vocab.bpe")  # the same for every size, shipped in vocab/
 LOCK_NAME = "download.lock"
 
 
@@ -57,16 +62,19 @@ class TransientError(Exception):
     """A failed try that another may fix (5xx, a body cut short); download_file retries it."""
 
 
-def download_gpt2_files(model_size, model_dir, base_url=None, *, timeout=TIMEOUT, attempts=ATTEMPTS,
+def download_gpt2_files(model_size, model_dir, base_url=None, *, check=None, timeout=TIMEOUT, attempts=ATTEMPTS,
                         backoff=BACKOFF, quiet=False):
     """Fetch the files of `model_size` that model_dir lacks, check the checkpoint; return the names fetched.
 
     Files come from <base_url>/<model_size>/<name>: base_url, else $GPT2_BASE_URL, else OpenAI's BASE_URL.
     `checkpoint` is fetched last, after every tensor passed its crc32c check, so the folder counts as
     present only once it was checked whole (it is removed first if anything else is missing). A corrupt
-    index or data file is deleted and a CorruptDownloadError says so. A second process downloading into
-    the same folder waits for the first and then finds the files there (returning []).
-    `quiet` turns off the progress bars and notes on stderr.
+    index or data file is deleted and a CorruptDownloadError says so. `check(prefix)`, if given, runs
+    after the crc32c check and raises a ValueError when the tensors do not fit hparams.json (utils.py
+    passes its shape check); hparams.json is then deleted, the odd one out since the index and data
+    passed their checksums. A folder that lacks only encoder.json and vocab.bpe gets the shipped ones
+    (returning []). A second process downloading into the same folder waits for the first and then
+    finds the files there (returning []). `quiet` turns off the progress bars and notes on stderr.
     """
     import requests
 
@@ -77,13 +85,15 @@ def download_gpt2_files(model_size, model_dir, base_url=None, *, timeout=TIMEOUT
         return []
     model_dir.mkdir(parents=True, exist_ok=True)
     with model_lock(model_dir, quiet), requests.Session() as session:
-        if model_is_present(model_dir):  # another process finished it while this one waited
+        missing = [name for name in FILENAMES if not (model_dir / name).is_file()]
+        if set(missing) <= set(VOCAB):  # another process finished it while this one waited, or it lacks only the vocab
+            copy_vocab(model_dir, missing)
             return []
         (model_dir / "checkpoint").unlink(missing_ok=True)
-        names = [name for name in FILENAMES if name != "checkpoint" and not (model_dir / name).is_file()]
+        names = [name for name in missing if name != "checkpoint"]
         for name in [*names, "checkpoint"]:
             if name == "checkpoint":
-                verify_download(model_dir, quiet)
+                verify_download(model_dir, quiet, check)
             try:
                 download_file(f"{base_url}/{model_size}/{name}", model_dir / name, timeout=timeout,
                               attempts=attempts, backoff=backoff, quiet=quiet, session=session)
@@ -91,10 +101,19 @@ def download_gpt2_files(model_size, model_dir, base_url=None, *, timeout=TIMEOUT
                 raise
             except DownloadError as e:
                 raise DownloadError(
-                    f"{e}; if this machine is offline, put OpenAI's GPT-2 {model_size} files "
-                    f"({', '.join(FILENAMES)}) in {model_dir}/"
+                    f"{e}; if this machine is offline, run `python utils.py download --model_size {model_size}` on "
+                    f"one with a network and copy the {model_size} folder it fills into {model_dir.parent}/ here, "
+                    f"or point --models_dir at the folder that holds that copy"
                 ) from None
     return [*names, "checkpoint"]
+
+
+def copy_vocab(model_dir, names):
+    """Copy these of encoder.json and vocab.bpe from the repo's vocab/ into model_dir (via .part, then renamed)."""
+    for name in names:
+        part = Path(model_dir) / f"{name}.part"
+        shutil.copyfile(VOCAB_DIR / name, part)
+        os.replace(part, Path(model_dir) / name)
 
 
 @contextlib.contextmanager
@@ -149,8 +168,8 @@ def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACK
     Timeouts, broken connections and 5xx (and 408, 429) answers are retried after backoff, 2 * backoff,
     4 * backoff... seconds (at most a minute), resuming from the bytes in hand; after `attempts` failed tries in a row (a try
     that brought bytes restarts the count) a DownloadError says that the .part is kept for the next run.
-    A 4xx or a refused connection fails at once, as in curl and wget. `session`: a requests.Session to
-    reuse connections.
+    A 4xx or a refused connection fails at once, as in curl and wget; a name that does not resolve, after
+    one retry. `session`: a requests.Session to reuse connections.
     """
     import requests
     from requests.exceptions import ChunkedEncodingError
@@ -166,7 +185,8 @@ def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACK
                 break
             except (TransientError, requests.ConnectionError, requests.Timeout, ChunkedEncodingError) as e:
                 failed = 1 if file_size(part) > before else failed + 1
-                if refused(e) or failed >= attempts:
+                # Offline, a name does not resolve and waiting changes nothing; one retry covers a resolver's hiccup.
+                if refused(e) or failed >= (min(attempts, 2) if unresolved(e) else attempts):
                     tries = "" if refused(e) else f", {failed} tries in a row"
                     raise DownloadError(f"could not download {url} ({failure_reason(e)}{tries}){kept(part)}") from None
                 delay = min(backoff * 2 ** (failed - 1), 60)
@@ -243,7 +263,7 @@ def body_range(r, url, part, offset):
         raise TransientError(f"HTTP {r.status_code} {r.reason}")
     raise DownloadError(
         f"could not download {url} (HTTP {r.status_code} {r.reason}): check the address, whose base comes "
-        f"from --base_url or GPT2_BASE_URL"
+        f"from GPT2_BASE_URL (or `python utils.py download --base_url`)"
     )
 
 
@@ -298,8 +318,11 @@ def discard(part, problem):
     raise CorruptDownloadError(f"{problem}; {part} was deleted, so running the same command again downloads it afresh")
 
 
-def verify_download(model_dir, quiet=False):
-    """checkpoint.verify on a fresh download; if it fails, delete the index and data file before saying so."""
+def verify_download(model_dir, quiet=False, check=None):
+    """checkpoint.verify on a fresh download, then check(prefix) if given (the shapes against hparams.json).
+
+    If the checksums fail, the index and data file are deleted; if check fails, hparams.json is; then an error says so.
+    """
     prefix = Path(model_dir) / "model.ckpt"  # the prefix OpenAI's `checkpoint` names, which lands after this
     try:
         verify_checkpoint(prefix, quiet)
@@ -310,6 +333,16 @@ def verify_download(model_dir, quiet=False):
         raise CorruptDownloadError(
             f"the checkpoint downloaded into {model_dir} is corrupt ({problem}); its index and data file were "
             f"deleted, so running the same command again downloads them afresh"
+        ) from None
+    if check is None:
+        return
+    try:
+        check(prefix)
+    except ValueError as e:
+        (Path(model_dir) / "hparams.json").unlink(missing_ok=True)
+        raise CorruptDownloadError(
+            f"the checkpoint downloaded into {model_dir} does not fit its hparams.json ({e}); the tensors passed their "
+            f"checksums, so hparams.json was deleted, and running the same command again downloads it afresh"
         ) from None
 
 
@@ -328,13 +361,13 @@ def failure_reason(e):
     """A few words for a failed try, instead of a requests exception's nested repr."""
     import requests
     from requests.exceptions import ChunkedEncodingError
-    from urllib3.exceptions import NameResolutionError, ReadTimeoutError
+    from urllib3.exceptions import ReadTimeoutError
 
     if isinstance(e, TransientError):
         return str(e)
     if isinstance(e, requests.ReadTimeout) or e.args and isinstance(e.args[0], ReadTimeoutError):
         return "the server sent nothing for longer than the read timeout"
-    if isinstance(cause(e), NameResolutionError):
+    if unresolved(e):
         return "the server's name does not resolve (is the network down?)"
     if isinstance(e, requests.Timeout):
         return "no connection within the connect timeout"
@@ -343,6 +376,13 @@ def failure_reason(e):
     if refused(e):
         return "connection refused: nothing listens at that address"
     return "the connection failed"
+
+
+def unresolved(e):
+    """True when the server's name does not resolve: offline, or a wrong host name."""
+    from urllib3.exceptions import NameResolutionError
+
+    return isinstance(cause(e), NameResolutionError)
 
 
 def refused(e):

@@ -339,12 +339,13 @@ def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, t
     return rows
 
 
-def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
+def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
     """Natural-log probability of each token given those before it: one float32 for each of ids[1:].
 
     A text longer than n_ctx is read in windows of n_ctx tokens that start every `stride` tokens
     (default n_ctx // 2); each token is scored once, in the first window that ends past it, with
     the context that window gives. This is HuggingFace's sliding-window perplexity recipe.
+    `progress(scored, total)`, if given, is called after each window with the tokens scored so far.
     """
     n_ctx, n_vocab = params["wpe"].shape[0], params["wte"].shape[0]
     stride = n_ctx // 2 if stride is None else stride
@@ -363,6 +364,8 @@ def score(ids, params, n_head, stride=None):  # [n] -> [n - 1]
         x = layer_norm(x[0, done - 1 - begin : end - 1 - begin], **params["ln_f"])  # [end - done, n_embd]
         scored.append(target_logprobs(x, ids[done:end], params["wte"], params.get("lm_head")))
         done = end
+        if progress:
+            progress(done - 1, len(ids) - 1)
         if end == len(ids):
             break
     return np.concatenate(scored)

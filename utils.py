@@ -107,7 +107,7 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     check_model_size(model_size)
     model_dir = Path(models_dir) / model_size
     if not model_is_present(model_dir):
-        download_gpt2_files(model_size, model_dir)
+        download_gpt2_files(model_size, model_dir, check=check_shapes)
     return (bpe.get_encoder(model_size, models_dir), *load_hparams_and_params(model_dir))
 
 
@@ -115,6 +115,11 @@ def load_hparams_and_params(model_dir):
     """(hparams, params) of a model folder, every tensor's shape checked against its hparams.json."""
     hparams = load_hparams(Path(model_dir) / "hparams.json")
     return hparams, load_gpt2_params_from_tf_ckpt(checkpoint_prefix(model_dir), hparams)
+
+
+def check_shapes(prefix):
+    """Every tensor of the checkpoint at prefix against the hparams.json beside it: a ValueError naming the first misfit."""
+    load_gpt2_params_from_tf_ckpt(prefix, load_hparams(Path(prefix).parent / "hparams.json"))
 
 
 def verify_model(model_dir, quiet=False):
@@ -156,9 +161,9 @@ def main(argv=None):
     model_dir = Path(args.models_dir) / args.model_size
     try:
         if args.command == "download":
-            fetched = download_gpt2_files(args.model_size, model_dir, args.base_url)
+            fetched = download_gpt2_files(args.model_size, model_dir, args.base_url, check=check_shapes)
             if fetched:
-                print(f"{model_dir}: fetched {', '.join(fetched)}; every tensor passed its crc32c check")
+                print(f"{model_dir}: fetched {', '.join(fetched)}; every tensor passed its crc32c check and fits hparams.json")
             else:
                 print(f"{model_dir} already holds GPT-2 {args.model_size} (`python utils.py verify` checks its tensors)")
         else:

@@ -120,6 +120,25 @@ def checkpoints(tmp_path_factory):
     return out
 
 
+NEWLINE = 198  # "\n"
+
+
+@pytest.fixture(scope="session")
+def newline_model(tmp_path_factory):
+    """models_dir of a tiny model whose greedy continuation of "Q: What is 2+2?\nA:" is a few tokens, then newlines.
+
+    Random weights rarely pick "\n"; shifting ln_f's bias towards wte["\n"] raises its logit everywhere, and at
+    this strength (found by trying) it wins from the fifth step on. Tests that rely on it check that it does.
+    """
+    hparams = SHAPES["tiny"]
+    params = random_params(hparams, seed=0)
+    toward_newline = params["wte"][NEWLINE] / np.linalg.norm(params["wte"][NEWLINE])
+    params["ln_f"]["b"] = (params["ln_f"]["b"] + 21.5 * toward_newline).astype(np.float32)
+    models_dir = tmp_path_factory.mktemp("models_newline")
+    write_checkpoint(models_dir, "124M", hparams, params)
+    return models_dir
+
+
 def hf_model(hparams, params):
     """HuggingFace GPT2LMHeadModel (PyTorch, CPU, eval mode) holding exactly `params`."""
     import torch

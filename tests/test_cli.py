@@ -75,7 +75,8 @@ def test_empty_prompt(tiny_dir):
 
 def test_weights_missing_and_no_network(tmp_path):
     result = run_cli("hi", "--models_dir", tmp_path)
-    assert_clean_error(result, "could not download", f"put OpenAI's GPT-2 124M files", str(Path(tmp_path) / "124M"))
+    assert_clean_error(result, "could not download", "`python utils.py download --model_size 124M`",
+                       f"into {tmp_path}/", "--models_dir")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not download.model_is_present(tmp_path / "124M")
     assert list((tmp_path / "124M").iterdir()) == []
@@ -143,7 +144,7 @@ def test_allow_special_reads_endoftext_as_one_token(tiny_dir):
     assert as_text.startswith("tokens scored: 7 ") and as_special.startswith("tokens scored: 1 ")
 
 
-def test_interactive_reads_prompts_until_eof(tiny_dir):
+def test_interactive_reads_prompts_until_eof_one_output_line_per_input_line(tiny_dir):
     env = {"PYTHONIOENCODING": "utf-8"}
     stdin = "The dog\n\n" + "hello" + " hello" * 200 + "\nAlan Turing\n"
     result = subprocess.run(
@@ -151,10 +152,10 @@ def test_interactive_reads_prompts_until_eof(tiny_dir):
         input=stdin, capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        run_cli(p, "--n_tokens", 5, "--models_dir", tiny_dir).stdout.rstrip("\n") for p in ("The dog", "Alan Turing")
-    ]
+    dog, alan = (run_cli(p, "--n_tokens", 5, "--models_dir", tiny_dir).stdout.rstrip("\n") for p in ("The dog", "Alan Turing"))
+    assert result.stdout.splitlines() == [dog, "", "", alan]  # a blank line and a failing one answer with ""
     assert "the prompt (201 tokens) plus n_tokens (5)" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # no hint and no prompt when stdin is not a terminal
 
 
 @pytest.mark.parametrize(

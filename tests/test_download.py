@@ -7,7 +7,9 @@ concurrent downloaders and Ctrl-C. Every case must end in a correct model or a c
 in a folder that a later load takes as complete.
 """
 import base64
+import contextlib
 import hashlib
+import json
 import http.server
 import os
 import re
@@ -134,21 +136,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serving(root):
+    """A FileServer on 127.0.0.1 serving the folders under root as <server.url>/<folder>/<file>."""
+    httpd = FileServer(root)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.fixture
 def server(checkpoints):
     """A FileServer on 127.0.0.1 serving the tiny model as <server.url>/124M/<file>."""
-    httpd = FileServer(checkpoints["tiny"][0])
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(checkpoints["tiny"][0]) as httpd:
+        yield httpd
 
 
 @pytest.fixture
 def source(checkpoints):
     """The folder the server serves from: the files a download must reproduce byte for byte."""
     return checkpoints["tiny"][0] / "124M"
+
+
+@pytest.fixture
+def tiny_dir(checkpoints):
+    return checkpoints["tiny"][0]
 
 
 def download_model(server, models_dir, **options):
@@ -233,7 +249,7 @@ def test_server_errors_give_up_after_the_attempts(server, tmp_path):
     with pytest.raises(download.DownloadError) as e:
         download_model(server, tmp_path, attempts=3)
     assert "hparams.json (HTTP 502 Bad Gateway, 3 tries in a row)" in str(e.value)
-    assert "put OpenAI's GPT-2 124M files" in str(e.value)
+    assert "offline, run `python utils.py download --model_size 124M` on one with a network" in str(e.value)
     assert server.requests_for("hparams.json") == [(None, 502)] * 3
     assert_not_complete(tmp_path / "124M")
     assert not (tmp_path / "124M" / "hparams.json").exists()
@@ -252,7 +268,7 @@ def test_missing_files_on_the_server_leave_the_folder_empty(server, tmp_path, mo
     with pytest.raises(download.DownloadError) as e:
         utils.load_encoder_hparams_and_params("124M", tmp_path)
     assert "HTTP 404 Not Found" in str(e.value) and "GPT2_BASE_URL" in str(e.value)
-    assert f"in {tmp_path / '124M'}/" in str(e.value)
+    assert f"into {tmp_path}/ here" in str(e.value)
     assert list((tmp_path / "124M").iterdir()) == []
 
 
@@ -496,3 +512,67 @@ def test_cli_user_errors_are_one_line(tmp_path, args, message):
     if args[0] == "verify":
         assert len(result.stderr.strip().splitlines()) == 1
         assert "`python utils.py download --model_size 124M" in result.stderr
+
+
+def run_gpt2(*args, base_url):
+    """`python gpt2.py ...` fetching from base_url."""
+    env = {**os.environ, "GPT2_BASE_URL": base_url}
+    return subprocess.run([sys.executable, str(ROOT / "gpt2.py"), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+UNRESOLVABLE = "http://gpt2-models.invalid"  # .invalid never resolves (RFC 6761): as offline
+
+
+def test_a_name_that_does_not_resolve_is_final_after_one_retry(tmp_path):
+    with pytest.raises(download.DownloadError) as e:
+        download.download_gpt2_files("124M", tmp_path / "124M", UNRESOLVABLE, attempts=5, backoff=0.01, quiet=True)
+    assert "the server's name does not resolve (is the network down?), 2 tries in a row" in str(e.value)
+    assert list((tmp_path / "124M").iterdir()) == []
+
+
+def test_offline_the_cli_says_how_to_get_the_model(tmp_path):
+    result = run_gpt2("hi", "--models_dir", tmp_path, base_url=UNRESOLVABLE)
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    retry, error = result.stderr.splitlines()
+    assert retry.startswith("encoder.json: the server's name does not resolve") and "trying again in 1 s" in retry
+    assert "2 tries in a row" in error
+    assert "`python utils.py download --model_size 124M`" in error and "--models_dir" in error
+    assert "--base_url" not in error  # gpt2.py has no such option
+
+
+def test_a_folder_without_the_vocab_runs_offline(tiny_dir, tmp_path):
+    shutil.copytree(tiny_dir / "124M", tmp_path / "124M")
+    for name in ("encoder.json", "vocab.bpe"):
+        (tmp_path / "124M" / name).unlink()
+    result = run_gpt2("Alan Turing", "--n_tokens", 5, "--models_dir", tmp_path, base_url=UNRESOLVABLE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == run_gpt2("Alan Turing", "--n_tokens", 5, "--models_dir", tiny_dir, base_url=UNRESOLVABLE).stdout
+    for name in ("encoder.json", "vocab.bpe"):
+        assert (tmp_path / "124M" / name).read_bytes() == (ROOT / "vocab" / name).read_bytes()
+    assert download.model_is_present(tmp_path / "124M")
+
+
+def test_an_hparams_json_that_does_not_fit_is_deleted_before_the_checkpoint_lands(tiny_dir, tmp_path):
+    served = tmp_path / "served"
+    shutil.copytree(tiny_dir / "124M", served / "124M")
+    right = (served / "124M" / "hparams.json").read_text()
+    (served / "124M" / "hparams.json").write_text(json.dumps({**json.loads(right), "n_embd": 32}))  # valid, but wrong
+    models_dir = tmp_path / "models"
+    with serving(served) as server:
+        result = run_gpt2("hi", "--n_tokens", 2, "--models_dir", models_dir, base_url=server.url)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        (error,) = [line for line in result.stderr.splitlines() if "error" in line]
+        assert "does not fit its hparams.json" in error
+        assert "tensor model/wte has shape [50257, 64], but hparams.json implies [50257, 32]" in error
+        assert "hparams.json was deleted, and running the same command again downloads it afresh" in error
+        model_dir = models_dir / "124M"
+        assert not (model_dir / "checkpoint").exists() and not (model_dir / "hparams.json").exists()
+        assert (model_dir / DATA).exists()  # it passed its checksums: kept
+
+        (served / "124M" / "hparams.json").write_text(right)  # the mirror is mended
+        server.log.clear()
+        again = run_gpt2("hi", "--n_tokens", 2, "--models_dir", models_dir, base_url=server.url)
+        assert again.returncode == 0, again.stderr
+        assert sorted(name for name, _, _ in server.log) == ["checkpoint", "hparams.json"]
+    assert_complete(model_dir, tiny_dir / "124M")
