@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+EOT = 50256  # <|endoftext|>, GPT-2's one special token: it ends a text
+
 
 def softmax(x):  # [..., n] -> [..., n]
     exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))

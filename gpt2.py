@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from decoding import check_sampling, logsumexp, sample, softmax
-from kvcache import KVCache, merge_rows
+import generation
+from decoding import EOT, check_sampling, logsumexp, sample, softmax  # noqa: F401 (EOT: gpt2.EOT)
+from kvcache import KVCache
 
-EOT = 50256  # <|endoftext|>, GPT-2's one special token: it ends a text
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
 # np.sqrt(2 / np.pi) is a float64 scalar, and under NumPy 2 it would turn every activation float64.
 GELU_C = np.float32(math.sqrt(2 / math.pi))
@@ -257,68 +257,10 @@ def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=
     check_request(prompts, n_tokens, n_ctx, n_vocab, slide)
     check_sampling(temperature, top_k, top_p)
     rng = np.random.default_rng(rng)
-    steps = _steps(prompts, params, n_head, n_tokens, stop_at_eot, n_ctx,
-                   lambda logits: sample(logits, temperature, top_k, top_p, rng))
+    forward = lambda tokens, kvcache, mask: gpt2(tokens, **params, n_head=n_head, kvcache=kvcache, mask=mask, last_only=True)
+    steps = generation.steps(prompts, forward, n_tokens, stop_at_eot, n_ctx,
+                             lambda logits: sample(logits, temperature, top_k, top_p, rng))
     return steps if batch else (ids[0] for ids in steps)
-
-
-def _steps(prompts, params, n_head, n_tokens, stop_at_eot, n_ctx, choose):
-    """The next id of every row, step by step. Each row's window, the tokens its cache holds, slides on its
-    own schedule (only with slide: check_request refused the rest), exactly as the row would alone."""
-    windows = [p[-n_ctx:] for p in prompts]
-    tokens, mask = left_padded(windows)
-    logits, cache = gpt2(tokens, **params, n_head=n_head, kvcache=[], mask=mask, last_only=True)
-    ended = np.zeros(len(prompts), dtype=bool)
-    for step in range(n_tokens):
-        next_ids = np.array([choose(row) for row in logits[:, -1]])  # [B]
-        yield [None if e else int(i) for e, i in zip(ended, next_ids)]
-        ended |= (next_ids == EOT) & stop_at_eot
-        if ended.all() or step == n_tokens - 1:
-            return
-        for window, i in zip(windows, next_ids):
-            window.append(int(i))
-        if mask is not None:
-            mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=bool)], axis=1)
-        full = [r for r, window in enumerate(windows) if len(window) > n_ctx]
-        if not full:  # the usual step: one new position per row, through the cache
-            logits, cache = gpt2(next_ids[:, None], **params, n_head=n_head, kvcache=cache, mask=mask, last_only=True)
-        else:
-            logits, cache, mask = _slide(windows, full, next_ids, cache, mask, params, n_head, n_ctx)
-
-
-def _slide(windows, full, next_ids, cache, mask, params, n_head, n_ctx):
-    """A step in which the rows `full` have more than n_ctx tokens: each of them starts again from its most
-    recent n_ctx // 2 tokens, read afresh, while the other rows take their new token through the cache.
-    -> (logits [B, 1, n_vocab], the cache of every row, its mask)."""
-    B = len(windows)
-    rest = [r for r in range(B) if r not in full]
-    logits, parts = np.empty((B, 1, len(params["wte"])), dtype=np.float32), []
-    if rest:
-        rest_mask = (np.ones((B, cache.n_past + 1), dtype=bool) if mask is None else mask)[rest]
-        start = int(rest_mask.any(axis=0).argmax())  # the columns before are padding in every row of the rest
-        rest_mask = rest_mask[:, start:]
-        logits[rest], rest_cache = gpt2(next_ids[rest, None], **params, n_head=n_head,
-                                        kvcache=cache.take(rest, start), mask=rest_mask, last_only=True)
-        parts.append((rest, rest_cache, rest_mask))
-    for r in full:
-        windows[r] = windows[r][-(n_ctx // 2):]
-    tokens, full_mask = left_padded([windows[r] for r in full])
-    logits[full], full_cache = gpt2(tokens, **params, n_head=n_head, kvcache=[], mask=full_mask, last_only=True)
-    parts.append((full, full_cache, np.ones(tokens.shape, dtype=bool) if full_mask is None else full_mask))
-    cache, mask = merge_rows(parts, B, n_ctx)
-    return logits, cache, mask
-
-
-def left_padded(rows):
-    """Rows of ids of any lengths -> (tokens [B, width], mask [B, width] False at padding, or None if none is).
-
-    [[1, 2, 3], [4]] -> ([[1, 2, 3], [EOT, EOT, 4]], [[True, True, True], [False, False, True]])
-    """
-    width = max(map(len, rows))
-    tokens = np.array([[EOT] * (width - len(row)) + list(row) for row in rows])
-    if all(len(row) == width for row in rows):
-        return tokens, None
-    return tokens, np.array([[False] * (width - len(row)) + [True] * len(row) for row in rows])
 
 
 def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
