@@ -31,8 +31,9 @@ def parse_args(argv, model_sizes):
     )
     parser.add_argument("prompt", nargs="?", help="the text to continue (or score); see also --prompts_file, --interactive")
     parser.add_argument("--n_tokens", type=positive_int, default=40, help="how many tokens to generate")
-    parser.add_argument("--model_size", default="124M", choices=model_sizes, help="which GPT-2")
+    parser.add_argument("--model_size", default=argparse.SUPPRESS, choices=model_sizes, help="which of OpenAI's GPT-2s (default: 124M)")
     parser.add_argument("--models_dir", default="models", help="where checkpoints live (downloaded if missing)")
+    parser.add_argument("--model", metavar="PATH_OR_ID", help="instead of --model_size: a model folder (HuggingFace's or OpenAI's layout) or a HuggingFace hub id such as distilgpt2 or org/name@revision (found in, or fetched into, the HuggingFace cache)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher is more random")
     sampling.add_argument("--top_k", type=positive_int, default=None, help="draw only from the k most likely tokens")
@@ -52,6 +53,9 @@ def parse_args(argv, model_sizes):
     modes.add_argument("--stride", type=positive_int, default=None, help="with --score, the sliding window's step for texts beyond n_ctx; None means n_ctx // 2")
     modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
     args = parser.parse_args(argv)
+    if args.model is not None and hasattr(args, "model_size"):
+        parser.error("give --model or --model_size, not both")
+    args.model = args.model or getattr(args, "model_size", "124M")
     if args.prompt is not None and args.prompts_file is not None:
         parser.error("give a prompt or --prompts_file, not both")
     if args.prompt is None and args.prompts_file is None and not args.interactive and not args.verify:
@@ -76,9 +80,9 @@ def main(argv=None):
     options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
     try:
-        encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
+        encoder, hparams, params = utils.load_model(args.model, args.models_dir)
         if args.verify:  # the shapes were checked as the model loaded; this reads every byte
-            model_dir = f"{args.models_dir}/{args.model_size}"
+            model_dir = utils.tf_model_dir(args.model, args.models_dir)
             checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir))
             print(f"{model_dir}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
             if args.prompt is None and args.prompts_file is None and not args.interactive:
