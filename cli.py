@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 import interactive
+from encoder import MODEL_SIZES
 from gpt2 import generate_stream, score
 from textstream import decode_text, stream_text
 
@@ -61,8 +62,9 @@ def parse_args(argv, model_sizes):
                                      description="Continue (or score) text with OpenAI's GPT-2, in pure NumPy.")
     parser.add_argument("prompt", nargs="?", help="the text to continue (or score), taken literally; see also --prompts_file, --interactive")
     parser.add_argument("--n_tokens", type=positive_int, help=f"how many tokens to generate (default: {N_TOKENS})")
-    parser.add_argument("--model_size", default="124M", choices=model_sizes, help="which GPT-2 (default: %(default)s)")
-    parser.add_argument("--models_dir", default="models", help="where checkpoints live, downloaded if missing (default: %(default)s)")
+    parser.add_argument("--model_size", choices=model_sizes, help="which of OpenAI's GPT-2s (default: 124M)")
+    parser.add_argument("--models_dir", help="where OpenAI's checkpoints live, one folder per size, downloaded if missing (default: models)")
+    parser.add_argument("--model", metavar="PATH_OR_ID", help="instead of --model_size: a model folder (HuggingFace's or OpenAI's layout) or a HuggingFace hub id such as distilgpt2 or org/name@revision (found in, or fetched into, the HuggingFace cache)")
     sampling = parser.add_argument_group("sampling", "Greedy unless asked: --top_k, --top_p, --seed or --n_samples above 1 "
                                          "without --temperature sample at temperature 1, as OpenAI's sampler does.")
     sampling.add_argument("--temperature", type=float, help="0 is greedy; higher is more random (default: 0, or 1 as above)")
@@ -93,6 +95,8 @@ def parse_args(argv, model_sizes):
     if args.temperature is None:
         args.temperature = 1.0 if sampled else 0.0
     args.n_tokens, args.n_samples = args.n_tokens or N_TOKENS, args.n_samples or 1
+    args.model = args.model or args.model_size or "124M"
+    args.models_dir = args.models_dir or "models"
     return args
 
 
@@ -105,6 +109,10 @@ def given(args, names):
 def conflict(args):
     """What is wrong with this combination of modes and options, or None: no option may go silently unused."""
     texts = args.prompt is not None or args.prompts_file is not None
+    if args.model is not None and args.model_size is not None:
+        return "give --model or --model_size, not both"
+    if args.model is not None and args.model not in MODEL_SIZES and args.models_dir is not None:
+        return f"--models_dir holds OpenAI's sizes; --model {args.model} is a folder or hub id of its own: drop --models_dir"
     if args.prompt is not None and args.prompts_file is not None:
         return "give a prompt or --prompts_file, not both"
     if args.interactive and texts:
@@ -185,9 +193,9 @@ def main(argv=None):
 def run(args, utils):
     options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
-    encoder, hparams, params = utils.load_encoder_hparams_and_params(args.model_size, args.models_dir)
+    encoder, hparams, params = utils.load_model(args.model, args.models_dir)
     if args.verify:  # the shapes were checked as the model loaded; this reads every byte
-        model_dir = f"{args.models_dir}/{args.model_size}"
+        model_dir = utils.tf_model_dir(args.model, args.models_dir)
         checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir), quiet=not sys.stderr.isatty())
         print(f"{model_dir}: {checked:,} bytes of tensors match their crc32c", file=sys.stderr)
         if args.prompt is None and args.prompts_file is None and not args.interactive:

@@ -116,19 +116,26 @@ def copy_vocab(model_dir, names):
         os.replace(part, Path(model_dir) / name)
 
 
-@contextlib.contextmanager
 def model_lock(model_dir, quiet=False):
-    """Hold model_dir/download.lock: another process that asks meanwhile says it is waiting, and waits.
+    """Hold model_dir/download.lock while downloading into model_dir (see file_lock)."""
+    return file_lock(Path(model_dir) / LOCK_NAME, f"downloading into {model_dir}", quiet)
+
+
+@contextlib.contextmanager
+def file_lock(path, doing, quiet=False, remove=True):
+    """Hold the lock file at path: another process that asks meanwhile says it is waiting, and waits.
 
     fcntl.flock is released by the OS when its holder exits or dies, so a killed download never leaves
-    the folder locked. The lock file is removed on release while still locked; a waiter that wakes up
-    holding the removed file sees it is no longer the one at the path and locks afresh.
-    Where fcntl is missing (Windows) nothing is locked: run one download per folder at a time there.
+    the lock held. With `remove`, the lock file is removed on release while still locked; a waiter that
+    wakes up holding the removed file sees it is no longer the one at the path and locks afresh.
+    huggingface_hub's locks (the filelock package, also flock) leave their files in place: pass
+    remove=False for a lock shared with it. Where fcntl is missing (Windows) nothing is locked: run one
+    download per folder at a time there. `doing` completes "another process is ..." in the waiting note.
     """
     if fcntl is None:
         yield
         return
-    path = Path(model_dir) / LOCK_NAME
+    path = Path(path)
     waited = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -137,7 +144,7 @@ def model_lock(model_dir, quiet=False):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not waited:
-                    say(f"another process is downloading into {model_dir} (it holds {path}); waiting for it", quiet)
+                    say(f"another process is {doing} (it holds {path}); waiting for it", quiet)
                     waited = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if is_file_at(fd, path):
@@ -149,7 +156,8 @@ def model_lock(model_dir, quiet=False):
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        if remove:
+            path.unlink(missing_ok=True)
         os.close(fd)
 
 
@@ -161,10 +169,13 @@ def is_file_at(fd, path):
         return False
 
 
-def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACKOFF, quiet=False, session=None):
-    """Stream url into path via path + ".part", continuing a .part an earlier run left.
+def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACKOFF, quiet=False, session=None,
+                  part=None, check=None, label=None):
+    """Stream url into path via `part` (path + ".part" unless given), continuing a part an earlier run left.
 
-    The final name appears only when the size matches the server's and the MD5 matches if it sends one.
+    The final name appears only when the size matches the server's, the MD5 matches if it sends one, and
+    `check(part)`, if given, returns None; if it returns a problem instead, the part is deleted and a
+    CorruptDownloadError says so. `label` names the file on its progress bar (default: path's name).
     Timeouts, broken connections and 5xx (and 408, 429) answers are retried after backoff, 2 * backoff,
     4 * backoff... seconds (at most a minute), resuming from the bytes in hand; after `attempts` failed tries in a row (a try
     that brought bytes restarts the count) a DownloadError says that the .part is kept for the next run.
@@ -174,14 +185,15 @@ def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACK
     import requests
     from requests.exceptions import ChunkedEncodingError
 
-    path, part = Path(path), Path(f"{path}.part")
+    path, part = Path(path), Path(part or f"{path}.part")
+    label = label or path.name
     digest = PartDigest()
     failed = 0
     try:
         while True:
             before = file_size(part)
             try:
-                fetch(session or requests, url, part, digest, timeout, quiet)
+                fetch(session or requests, url, part, digest, timeout, quiet, label)
                 break
             except (TransientError, requests.ConnectionError, requests.Timeout, ChunkedEncodingError) as e:
                 failed = 1 if file_size(part) > before else failed + 1
@@ -190,7 +202,7 @@ def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACK
                     tries = "" if refused(e) else f", {failed} tries in a row"
                     raise DownloadError(f"could not download {url} ({failure_reason(e)}{tries}){kept(part)}") from None
                 delay = min(backoff * 2 ** (failed - 1), 60)
-                say(f"{path.name}: {failure_reason(e)}; trying again in {delay:.3g} s", quiet)
+                say(f"{label}: {failure_reason(e)}; trying again in {delay:.3g} s", quiet)
                 time.sleep(delay)
     except KeyboardInterrupt:
         if not file_size(part):
@@ -198,10 +210,13 @@ def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACK
         raise DownloadInterrupted(
             f"interrupted: {part} holds {file_size(part):,} bytes; running the same command again resumes it"
         ) from None
+    problem = check(part) if check else None
+    if problem:
+        discard(part, f"{url} arrived corrupt: {problem}")
     os.replace(part, path)
 
 
-def fetch(session, url, part, digest, timeout, quiet):
+def fetch(session, url, part, digest, timeout, quiet, label):
     """One GET of url into part, from where part ends; returns once part holds the whole file, checked.
 
     Raises TransientError or a requests error for what another try may fix, DownloadError for what it won't.
@@ -218,8 +233,7 @@ def fetch(session, url, part, digest, timeout, quiet):
         if offset and not start:
             say(f"{part.name}: the server ignored the Range request, so the file starts over", quiet)
         received, position = hashlib.md5(), start
-        name = part.name.removesuffix(".part")
-        bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=quiet)
+        bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=quiet)
         with open(part, "ab" if start else "wb") as f, bar:
             for chunk in r.iter_content(CHUNK) if r.status_code != 416 else ():
                 f.write(chunk)

@@ -22,6 +22,7 @@ with the repo, checked against the SHA-256 that tiktoken pins, so tokenizing nev
 import codecs
 import hashlib
 import heapq
+import itertools
 import json
 import operator
 from pathlib import Path
@@ -62,17 +63,26 @@ def bytes_to_unicode():
 
 
 class Encoder:
-    """Byte-level BPE: `ranks` maps each token's bytes to its id, which is also its merge rank."""
+    """Byte-level BPE: `ranks` orders the merges, `ids` numbers the tokens; in GPT-2's vocab they are one dict.
 
-    def __init__(self, ranks, special_tokens):
+    ranks maps the bytes of each token a merge makes to that merge's rank (lower merges first, as tiktoken
+    does); ids maps every token's bytes to its id. A vocab built from HF files (build_encoder) may number its
+    tokens otherwise than its merges. `special_tokens` ({"<|endoftext|>": 50256}) are text unless
+    `allowed_special` lets them through; `added_tokens`, words a fine-tune added, are always matched, as HF does.
+    """
+
+    def __init__(self, ranks, special_tokens, ids=None, added_tokens=None):
         self.ranks = ranks  # {b"hello": 31373, b" world": 995, ...}
+        self.ids = ranks if ids is None else ids
         self.special_tokens = special_tokens  # {"<|endoftext|>": 50256}
-        self.n_vocab = len(ranks) + len(special_tokens)
-        self.eot_token = special_tokens[ENDOFTEXT]
+        self.added_tokens = added_tokens or {}
+        self.n_vocab = len(self.ids) + len(special_tokens) + len(self.added_tokens)
+        self.eot_token = special_tokens.get(ENDOFTEXT)
+        self._whole = {**special_tokens, **self.added_tokens}  # tokens matched as a whole in text, never by BPE
         self._bytes = [b""] * self.n_vocab  # id -> token bytes
-        for token, i in ranks.items():
+        for token, i in self.ids.items():
             self._bytes[i] = token
-        for token, i in special_tokens.items():
+        for token, i in self._whole.items():
             self._bytes[i] = token.encode("utf-8")
         self._cache = {}  # pre-token str -> token ids
 
@@ -86,7 +96,7 @@ class Encoder:
         if not isinstance(text, str):
             hint = " (decode bytes to str first)" if isinstance(text, (bytes, bytearray)) else ""
             raise TypeError(f"encode expects a str, got {type(text).__name__}{hint}")
-        allowed = self._allowed_special(allowed_special)
+        allowed = self._allowed_special(allowed_special) | self.added_tokens.keys()
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # surrogates: join pairs, lone ones -> U+FFFD, as tiktoken does
@@ -97,7 +107,7 @@ class Encoder:
         ids, start = [], 0
         for match in special.finditer(text):
             ids += self._encode_ordinary(text[start:match.start()])
-            ids.append(self.special_tokens[match.group()])
+            ids.append(self._whole[match.group()])
             start = match.end()
         return ids + self._encode_ordinary(text[start:])
 
@@ -135,9 +145,8 @@ class Encoder:
 
         b" world" -> [995] (already a token); b" tokenizer" -> [11241, 7509]
         """
-        token = self.ranks.get(piece)
-        if token is not None:
-            return [token]
+        if piece in self.ranks:
+            return [self.ids[piece]]
         ranks, n = self.ranks, len(piece)
         # The parts form a linked list named by where they start: part i is piece[i:nxt[i]].
         # The heap holds candidate merges (rank, i, j, k) of parts i and j, where j ends at k;
@@ -160,9 +169,9 @@ class Encoder:
                 rank = ranks.get(piece[h:k])
                 if rank is not None:
                     heapq.heappush(heap, (rank, h, i, k))
-        ids, i = [], 0
+        ids, i, token_ids = [], 0, self.ids
         while i < n:
-            ids.append(ranks[piece[i:nxt[i]]])
+            ids.append(token_ids[piece[i:nxt[i]]])
             i = nxt[i]
         return ids
 
@@ -221,41 +230,110 @@ def load_encoder(encoder_json_path, vocab_bpe_path, check_hashes=True):
         if check_hashes and digest != SHA256[name]:
             raise ValueError(f"{path} has SHA-256 {digest}, not GPT-2's {name} ({SHA256[name]}); "
                              f"the file is corrupt or not GPT-2's, restore it (git checkout vocab/)")
-    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
-
-    def token_bytes(token, path):
-        try:
-            return bytes(byte_decoder[c] for c in token)
-        except KeyError:
-            raise ValueError(f"{path} does not parse: {token!r} is not written in GPT-2's byte alphabet") from None
-
     path = paths["encoder.json"]
-    try:
-        ids = json.loads(data["encoder.json"])
-    except ValueError as e:
-        raise ValueError(f"{path} does not parse: {e}") from None
-    if not isinstance(ids, dict) or not all(type(i) is int for i in ids.values()):
-        raise ValueError(f"{path} does not parse: expected a JSON object of token -> id")
+    ids = parse_vocab(data["encoder.json"], path)
     special_tokens = {ENDOFTEXT: ids.pop(ENDOFTEXT, None)}
-    ranks = {token_bytes(token, path): i for token, i in ids.items()}
+    ranks = dict(zip(tokens_bytes(ids, path), ids.values()))
     if special_tokens[ENDOFTEXT] != len(ranks) or sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path} does not parse: ids must be 0..n-1 with {ENDOFTEXT} last")
     if sorted(i for token, i in ranks.items() if len(token) == 1) != list(range(256)):
         raise ValueError(f"{path} does not parse: ids 0..255 must be the 256 single bytes")
 
     path = paths["vocab.bpe"]
-    try:
-        lines = data["vocab.bpe"].decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} does not parse: not UTF-8") from None
-    merges = [line.split() for line in lines[1:] if line]
+    merges = parse_merges(data["vocab.bpe"], path)
     if len(merges) != len(ranks) - 256:
         raise ValueError(f"{path} does not parse: {len(merges)} merges for {len(ranks)} tokens")
-    for k, merge in enumerate(merges):
-        if len(merge) != 2 or ranks.get(token_bytes(merge[0] + merge[1], path)) != 256 + k:
-            raise ValueError(f"{path} does not parse: line {k + 2} {' '.join(merge)!r} is not "
+    made = tokens_bytes((left + right for left, right in merges), path)
+    for k, (left, right) in enumerate(merges):
+        if ranks.get(made[k]) != 256 + k:
+            raise ValueError(f"{path} does not parse: line {k + 2} {left + ' ' + right!r} is not "
                              f"the merge that makes token {256 + k} of encoder.json")
     return Encoder(ranks, special_tokens)
+
+
+def build_encoder(vocab, merges, added, path):
+    """An Encoder from HF's tokenizer files, whose ids need not follow the merges' order.
+
+    vocab ({token: id}) and merges ([(left, right)], in priority order) are written in GPT-2's byte alphabet;
+    added is {text: (id, special)}. A merge's rank is its place in merges; a token no merge makes is never
+    produced by BPE (as in HF). Raises a ValueError naming `path` unless the vocab holds the 256 single bytes,
+    each merge joins two vocab tokens into a third, and the ids, added tokens included, are 0..n-1.
+    """
+    whole = {i for i, _ in added.values()}
+    vocab = {token: i for token, i in vocab.items() if i not in whole}
+    ids = dict(zip(tokens_bytes(vocab, path), vocab.values()))
+    singles = [bytes([b]) for b in range(256)]
+    lacking = [b for b in singles if b not in ids]
+    if lacking:
+        raise ValueError(f"{path} does not parse: the vocab lacks the single byte {lacking[0]!r}, which byte-level BPE needs")
+    lefts, rights = tokens_bytes((m[0] for m in merges), path), tokens_bytes((m[1] for m in merges), path)
+    made = [left + right for left, right in zip(lefts, rights)]
+    for k, parts in enumerate(zip(lefts, rights, made)):
+        if not all(part in ids for part in parts):
+            raise ValueError(f"{path} does not parse: merge {k + 1} ({' '.join(merges[k])}) joins or makes a token "
+                             f"that is not in the vocab")
+    numbered = sorted([*ids.values(), *whole])
+    if numbered != list(range(len(numbered))):
+        raise ValueError(f"{path} does not parse: the token ids (added tokens included) are not 0..n-1")
+    if len(ids) == 256 + len(made) and all(ids[b] == b[0] for b in singles) and \
+            all(ids[token] == 256 + k for k, token in enumerate(made)):
+        ranks = ids  # GPT-2's own arrangement: each token's id is its merge rank
+    else:
+        ranks = {b: b[0] for b in singles}
+        for k, token in enumerate(made):
+            ranks.setdefault(token, 256 + k)
+    special = {text: i for text, (i, is_special) in added.items() if is_special}
+    plain = {text: i for text, (i, is_special) in added.items() if not is_special}
+    return Encoder(ranks, special, ids, plain)
+
+
+def parse_vocab(data, path):
+    """encoder.json / vocab.json bytes -> {token: id}, or a ValueError naming path."""
+    try:
+        ids = json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"{path} does not parse: {e}") from None
+    if not isinstance(ids, dict) or not all(type(i) is int for i in ids.values()):
+        raise ValueError(f"{path} does not parse: expected a JSON object of token -> id")
+    return ids
+
+
+def parse_merges(data, path):
+    """vocab.bpe / merges.txt bytes ("#version: 0.2", then "left right" per line) -> [(left, right), ...]."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} does not parse: not UTF-8") from None
+    merges = [line.split() for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
+    for k, merge in enumerate(merges):
+        if len(merge) != 2:
+            raise ValueError(f"{path} does not parse: line {k + 2} {' '.join(merge)!r} is not two tokens")
+    return merges
+
+
+# GPT-2's byte alphabet read back: str.translate maps each stand-in to its byte's code point, and anything
+# else to U+0100, so that encoding the result as Latin-1 fails exactly for text outside the alphabet.
+BYTE_DECODER = {**dict.fromkeys(range(256), 0x100), **{ord(c): b for b, c in bytes_to_unicode().items()}}
+
+
+def token_bytes(token, path):
+    """A token as vocab files write it -> its bytes: "\u0120world" -> b" world"."""
+    try:
+        return token.translate(BYTE_DECODER).encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path} does not parse: {token!r} is not written in GPT-2's byte alphabet") from None
+
+
+def tokens_bytes(tokens, path):
+    """token_bytes of many tokens at once (a vocab holds 50k): each character stands for one byte, so the
+    tokens are decoded joined, then cut where each one ends."""
+    tokens = list(tokens)
+    try:
+        data = "".join(tokens).translate(BYTE_DECODER).encode("latin-1")
+    except UnicodeEncodeError:  # some token is outside the alphabet: find it
+        return [token_bytes(token, path) for token in tokens]
+    ends = list(itertools.accumulate(map(len, tokens)))
+    return [data[end - len(token):end] for token, end in zip(tokens, ends)]
 
 
 def check_model_size(model_size):

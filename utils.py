@@ -1,9 +1,13 @@
-"""Load GPT-2 checkpoints into nested dicts of float32 arrays, downloading them first if need be.
+"""Load GPT-2 models into nested dicts of float32 arrays, downloading them first if need be.
 
-A model folder, `<models_dir>/<model_size>/`, holds the seven files OpenAI publishes for each size
-(download.py fetches them). The weights are read by our own reader (checkpoint.py), without TensorFlow,
-as read-only views into a memory map of the data file, and every shape is checked against hparams.json
-before use.
+load_model takes any of three things:
+- a GPT-2 size: `<models_dir>/<model_size>/` holds the seven files OpenAI publishes for it (download.py
+  fetches them). The weights are read by our own reader (checkpoint.py), without TensorFlow, as read-only
+  views into a memory map of the data file, and every shape is checked against hparams.json before use;
+- a folder: OpenAI's layout as above (gpt-2-simple's fine-tunes too: `checkpoint` names their `model-N`),
+  or HuggingFace's (config.json and safetensors or pytorch_model.bin weights: hf_checkpoint.py, with the
+  folder's tokenizer: hf_tokenizer.py);
+- a HuggingFace hub id, found in the local HuggingFace cache or fetched into it (hub.py).
 
 As a command, for fetching a model before going offline or checking one:
     python utils.py download --model_size 124M [--models_dir models] [--base_url URL]
@@ -20,6 +24,9 @@ import numpy as np
 
 import checkpoint
 import encoder as bpe
+import hf_checkpoint
+import hf_tokenizer
+import hub
 from download import BASE_URL, FILENAMES, download_gpt2_files, model_is_present, verify_checkpoint
 from encoder import MODEL_SIZES, check_model_size
 
@@ -94,8 +101,12 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path, hparams):
 
 
 def checkpoint_prefix(model_dir):
-    """The prefix named by model_dir/checkpoint ("model.ckpt" in OpenAI's files), as a path in model_dir."""
-    text = (Path(model_dir) / "checkpoint").read_text()
+    """The prefix named by model_dir/checkpoint ("model.ckpt" in OpenAI's files, "model-1000" in
+    gpt-2-simple's), as a path in model_dir."""
+    try:
+        text = (Path(model_dir) / "checkpoint").read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{model_dir} has no `checkpoint` file naming its TensorFlow checkpoint") from None
     match = re.search(r'^model_checkpoint_path: "(.*)"', text, re.M)
     if not match:
         raise ValueError(f"{model_dir}/checkpoint does not name a model_checkpoint_path")
@@ -109,6 +120,56 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     if not model_is_present(model_dir):
         download_gpt2_files(model_size, model_dir, check=check_shapes)
     return (bpe.get_encoder(model_size, models_dir), *load_hparams_and_params(model_dir))
+
+
+def load_model(model="124M", models_dir="models", quiet=False):
+    """(encoder, hparams, params) for a GPT-2 size, a model folder, or a HuggingFace hub id.
+
+    "124M" (or 355M, 774M, 1558M) is OpenAI's checkpoint in models_dir, downloaded if missing. Otherwise a
+    folder that exists is read as a folder (HuggingFace's layout or OpenAI's), and anything else is taken for
+    a hub id ("distilgpt2", "openai-community/gpt2-medium@main"), looked up in the HuggingFace cache and
+    fetched into it if missing. `quiet` turns off progress bars and notes on stderr.
+    """
+    if model in MODEL_SIZES:
+        return load_encoder_hparams_and_params(model, models_dir)
+    if Path(model).is_dir():
+        return load_folder(model)
+    if hub.parse_hub_id(model) is None:
+        raise FileNotFoundError(f"{model!r} is neither a GPT-2 size ({', '.join(MODEL_SIZES)}), nor a folder, nor "
+                                f"a HuggingFace hub id (name or org/name, optionally @revision)")
+    try:
+        snapshot = hub.model_snapshot(model, quiet)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"there is no folder {model!r}, and as a hub id: {e}") from None
+    return load_folder(snapshot)
+
+
+def load_folder(folder):
+    """(encoder, hparams, params) of a model folder in HuggingFace's layout or OpenAI's."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        encoder = hf_tokenizer.load_hf_encoder(folder)
+        hparams, params = hf_checkpoint.load_hf_model(folder)
+    elif (folder / "checkpoint").is_file() or (folder / "hparams.json").is_file():
+        hparams, params = load_hparams_and_params(folder)
+        vocab = folder / "encoder.json", folder / "vocab.bpe"
+        encoder = bpe.load_encoder(*vocab, check_hashes=False) if all(p.is_file() for p in vocab) else bpe.get_encoder()
+    else:
+        raise FileNotFoundError(f"{folder} holds no model: expected config.json beside model.safetensors or "
+                                f"pytorch_model.bin (HuggingFace), or checkpoint and hparams.json (OpenAI, gpt-2-simple)")
+    if encoder.n_vocab > hparams["n_vocab"]:
+        raise ValueError(f"{folder}: the tokenizer has {encoder.n_vocab:,} tokens but the model only "
+                         f"{hparams['n_vocab']:,} (n_vocab): the tokenizer files do not belong to these weights")
+    return encoder, hparams, params
+
+
+def tf_model_dir(model, models_dir="models"):
+    """The folder of a model in OpenAI's layout (a size or a folder), whose checkpoint verify_model can check."""
+    model_dir = Path(models_dir) / model if model in MODEL_SIZES else Path(model)
+    if not (model_dir / "checkpoint").is_file():
+        raise ValueError(f"--verify checks the crc32c of every tensor of a TensorFlow checkpoint, and {model} is not "
+                         f"one (no {model_dir / 'checkpoint'}); HuggingFace's files carry no such checksums")
+    return model_dir
 
 
 def load_hparams_and_params(model_dir):

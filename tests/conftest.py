@@ -26,14 +26,16 @@ SHAPES = {
 }
 
 
-def random_params(hparams, seed=0):
+def random_params(hparams, seed=0, n_inner=None, lm_head=False):
     """Random weights keyed like our params dict (conv weights already squeezed to [nx, nf]).
 
     The scales are chosen so next-token distributions are peaked (greedy picks are decided by
-    margins far above float32 rounding) and attention is far from uniform.
+    margins far above float32 rounding) and attention is far from uniform. `n_inner` is the MLP's
+    width (GPT-2's 4 * n_embd if None); `lm_head` adds an unembedding untied from wte.
     """
     rng = np.random.default_rng(seed)
     n_embd, n_ctx, n_vocab = hparams["n_embd"], hparams["n_ctx"], hparams["n_vocab"]
+    n_inner = n_inner or 4 * n_embd
 
     def normal(shape, std):
         return (rng.standard_normal(shape) * std).astype(np.float32)
@@ -49,16 +51,19 @@ def random_params(hparams, seed=0):
             "ln_1": ln(1.0),
             "attn": {"c_attn": conv(n_embd, 3 * n_embd, 1.5), "c_proj": conv(n_embd, n_embd)},
             "ln_2": ln(1.0),
-            "mlp": {"c_fc": conv(n_embd, 4 * n_embd), "c_proj": conv(4 * n_embd, n_embd)},
+            "mlp": {"c_fc": conv(n_embd, n_inner), "c_proj": conv(n_inner, n_embd)},
         }
         for _ in range(hparams["n_layer"])
     ]
-    return {
+    params = {
         "wte": normal([n_vocab, n_embd], 0.5),
         "wpe": normal([n_ctx, n_embd], 0.2),
         "blocks": blocks,
         "ln_f": ln(3.0),
     }
+    if lm_head:
+        params["lm_head"] = normal([n_vocab, n_embd], 0.5)
+    return params
 
 
 def tf_variables(params):
@@ -82,8 +87,11 @@ def _walk(tree, prefix=""):
             yield f"{prefix}{key}", value
 
 
-def write_checkpoint(models_dir, model_size, hparams, params):
-    """Write OpenAI's seven files for `params` into models_dir/model_size with TF1's Saver."""
+def write_checkpoint(models_dir, model_size, hparams, params, global_step=None):
+    """Write OpenAI's seven files for `params` into models_dir/model_size with TF1's Saver.
+
+    With a global_step the checkpoint is `model-<global_step>`, as gpt-2-simple saves its fine-tunes.
+    """
     import tensorflow as tf
 
     model_dir = Path(models_dir) / model_size
@@ -101,7 +109,10 @@ def write_checkpoint(models_dir, model_size, hparams, params):
         saver = tf.compat.v1.train.Saver(save_relative_paths=True)
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(assigns, feed_dict=feeds)
-            saver.save(sess, str(model_dir / "model.ckpt"))
+            if global_step is None:
+                saver.save(sess, str(model_dir / "model.ckpt"))
+            else:
+                saver.save(sess, str(model_dir / "model"), global_step=global_step)
     (model_dir / "hparams.json").write_text(json.dumps(hparams, indent=2))
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copyfile(VOCAB_DIR / name, model_dir / name)
@@ -139,16 +150,21 @@ def newline_model(tmp_path_factory):
     return models_dir
 
 
-def hf_model(hparams, params):
-    """HuggingFace GPT2LMHeadModel (PyTorch, CPU, eval mode) holding exactly `params`."""
+def hf_model(hparams, params, **config):
+    """HuggingFace GPT2LMHeadModel (PyTorch, CPU, eval mode) holding exactly `params`.
+
+    `config` overrides GPT2Config's fields; an "lm_head" in params unties the unembedding.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
-        n_layer=hparams["n_layer"], n_head=hparams["n_head"], activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-    )
+    config = GPT2Config(**{
+        "vocab_size": hparams["n_vocab"], "n_positions": hparams["n_ctx"], "n_embd": hparams["n_embd"],
+        "n_layer": hparams["n_layer"], "n_head": hparams["n_head"], "activation_function": "gelu_new",
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": 1e-5,
+        "n_inner": params["blocks"][0]["mlp"]["c_fc"]["b"].shape[0], "tie_word_embeddings": "lm_head" not in params,
+        **config,
+    })
     model = GPT2LMHeadModel(config).eval()
     model.generation_config.pad_token_id = model.generation_config.eos_token_id = N_VOCAB - 1  # <|endoftext|>
     state = {"transformer.wte.weight": params["wte"], "transformer.wpe.weight": params["wpe"],
@@ -158,10 +174,29 @@ def hf_model(hparams, params):
             *scope, leaf = path.split("/")
             leaf = {"g": "weight", "w": "weight", "b": "bias"}[leaf]
             state[".".join([f"transformer.h.{i}", *scope, leaf])] = value
+    if "lm_head" in params:
+        state["lm_head.weight"] = params["lm_head"]
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
-    # lm_head is tied to wte; HF may also keep non-persistent attention buffers.
+    # lm_head is tied to wte unless params unties it; HF may also keep non-persistent attention buffers.
     assert all(k == "lm_head.weight" or "attn.bias" in k or "masked_bias" in k for k in missing), missing
-    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    tied = model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert tied == ("lm_head" not in params)
     return model
+
+
+def write_hf_folder(folder, hparams, params, dtype="float32", max_shard_size=None, prefix=True, vocab=True, **config):
+    """A model folder as transformers' save_pretrained writes it, holding `params` stored as `dtype`.
+
+    `max_shard_size` ("200KB") shards the weights; prefix=False saves GPT2Model (keys without
+    `transformer.`); vocab copies GPT-2's vocab.json and merges.txt beside it; `config` as for hf_model.
+    """
+    import torch
+
+    model = hf_model(hparams, params, **config).to(getattr(torch, dtype))
+    (model if prefix else model.transformer).save_pretrained(folder, max_shard_size=max_shard_size or "5GB")
+    if vocab:
+        shutil.copyfile(VOCAB_DIR / "encoder.json", Path(folder) / "vocab.json")
+        shutil.copyfile(VOCAB_DIR / "vocab.bpe", Path(folder) / "merges.txt")
+    return Path(folder)

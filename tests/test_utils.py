@@ -5,7 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
+import gpt2
 import utils
+from conftest import SHAPES, hf_model, random_params, write_checkpoint
 
 
 @pytest.fixture
@@ -67,3 +69,29 @@ def test_unknown_model_size(tmp_path):
     with pytest.raises(ValueError, match="unknown model size '7B': choose one of 124M, 355M, 774M, 1558M"):
         utils.load_encoder_hparams_and_params("7B", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gpt_2_simple_fine_tune_loads_the_checkpoint_it_names(tmp_path):
+    # gpt-2-simple saves checkpoint/run1/model-<step> with OpenAI's variable names, and `checkpoint` names the last.
+    import torch
+
+    hparams = SHAPES["tiny"]
+    older, newer = random_params(hparams, seed=10), random_params(hparams, seed=11)
+    write_checkpoint(tmp_path, "run1", hparams, older, global_step=500)
+    run = write_checkpoint(tmp_path, "run1", hparams, newer, global_step=1000)
+    assert 'model_checkpoint_path: "model-1000"' in (run / "checkpoint").read_text()
+    encoder, loaded, params = utils.load_model(str(run))
+    assert loaded == hparams
+    ids = encoder.encode("Alan Turing theorized")
+    with torch.no_grad():
+        expected = hf_model(hparams, newer)(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(gpt2.gpt2(ids, **params, n_head=hparams["n_head"]), expected, rtol=1e-4, atol=1e-4)
+    (run / "checkpoint").write_text('model_checkpoint_path: "model-500"\n')
+    np.testing.assert_array_equal(utils.load_model(str(run))[2]["wte"], older["wte"])
+
+
+def test_a_folder_that_holds_no_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no model: expected config.json beside model.safetensors"):
+        utils.load_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="is neither a GPT-2 size .*, nor a folder, nor a HuggingFace hub id"):
+        utils.load_model(str(tmp_path / "no such folder"))
