@@ -21,6 +21,7 @@ GELU_C = np.float32(math.sqrt(2 / math.pi))
 # The score of a key a query may not see. Finite, so that a query whose keys are all padding
 # gets a harmless uniform average instead of NaN; in any other row exp() makes it exactly 0.
 MASKED = np.float32(-1e10)
+NO_MASK = np.ones((1, 0), dtype=bool)  # `visible` when every query sees every key
 ROWS = 1 << 16  # elements in a block of rows that element-wise work does at a time, so that it stays in cache
 
 
@@ -42,14 +43,17 @@ def gelu(x):  # [..., n] -> [..., n]
 
 
 def row_blocks(x):  # [..., n] -> [rows, n] views, together all of x
+    if x.size <= ROWS:
+        return [x]
     x = x.reshape(-1, x.shape[-1])
     step = max(1, ROWS // x.shape[1])
     return [x[i : i + step] for i in range(0, len(x), step)]
 
 
 def layer_norm(x, g, b, eps=1e-5, hook=None):  # [..., n_embd] -> [..., n_embd]
-    x = x - x.mean(axis=-1, keepdims=True)
-    scale = np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
+    n_embd = x.shape[-1]  # sum / n_embd rather than mean(): the same, without mean's Python-level overhead
+    x = x - x.sum(axis=-1, keepdims=True) / n_embd
+    scale = np.sqrt((x * x).sum(axis=-1, keepdims=True) / n_embd + eps)  # [..., 1]
     if hook: scale = hook("hook_scale", scale)
     x /= scale
     x *= g
@@ -96,13 +100,15 @@ def causal_attention(q, k, v, mask, block=128, hook=None):  # [B, n_head, n_seq,
     n_seq, n_all = q.shape[-2], k.shape[-2]
     n_past = n_all - n_seq
     block = n_seq if hook else block  # hooks see the whole pattern
+    if n_seq == 1 and mask is None:  # one new token, the usual decoding step: it sees every key
+        return attention(q, k, v, NO_MASK, hook)
     out = np.empty_like(q)
     for start in range(0, n_seq, block):
         stop = min(start + block, n_seq)
         end = n_past + stop  # one past the last key this block's queries may see
         n_q = stop - start
         if mask is None:  # only the block's own keys, its diagonal, are hidden from some of its queries
-            visible = np.tri(n_q, dtype=bool) if n_q > 1 else np.ones((1, 0), dtype=bool)
+            visible = np.tri(n_q, dtype=bool) if n_q > 1 else NO_MASK
         else:  # query i, at column n_past + start + i, sees the keys up to that column that are not padding
             visible = np.tri(n_q, end, n_past + start, dtype=bool) & mask[:, None, None, :end]
         out[..., start:stop, :] = attention(q[..., start:stop, :], k[..., :end, :], v[..., :end, :], visible, hook)
@@ -160,8 +166,9 @@ def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, hook=
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (B, n_all):
             raise ValueError(f"mask must have shape [B, n_past + n_seq] = {[B, n_all]}, got {list(mask.shape)}")
-    empty = KVCache.empty(len(blocks), B, n_head, d, capacity=len(wpe) if kvcache is not None else n_seq)
-    cache = (kvcache or empty).extended(n_seq, capacity=len(wpe))
+    if not kvcache:  # [] starts a cache for decoding, with room for n_ctx; None one for this call alone
+        kvcache = KVCache.empty(len(blocks), B, n_head, d, capacity=len(wpe) if kvcache is not None else n_seq)
+    cache = kvcache.extended(n_seq, capacity=len(wpe))
 
     # Positions count real tokens only: each row's first real token is at 0 however much padding precedes it.
     positions = np.arange(n_past, n_all)[None] if mask is None else np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, n_past:]
@@ -194,7 +201,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mas
         inputs = np.asarray(None)
     single = inputs.ndim == 1
     inputs = inputs[None] if single else inputs  # [B, n_seq]
-    if inputs.ndim != 2 or inputs.shape[1] == 0 or not np.issubdtype(inputs.dtype, np.integer):
+    if inputs.ndim != 2 or inputs.shape[1] == 0 or inputs.dtype.kind not in "iu":
         raise ValueError("inputs must be a non-empty list of token ids, or B such lists of equal length (pad with a mask)")
     if inputs.min() < 0 or inputs.max() >= len(wte):  # a negative id would silently index from the end
         raise ValueError(f"token ids must be in [0, {len(wte)}), got {inputs.min()} to {inputs.max()}")
