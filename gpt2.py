@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 import generation
-from decoding import EOT, check_sampling, logsumexp, sample, softmax  # noqa: F401 (EOT: gpt2.EOT)
+from decoding import EOT, check_sampling, sample, softmax  # noqa: F401 (EOT: gpt2.EOT)
 from kvcache import KVCache
 
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
@@ -21,7 +21,7 @@ GELU_C = np.float32(math.sqrt(2 / math.pi))
 # The score of a key a query may not see. Finite, so that a query whose keys are all padding
 # gets a harmless uniform average instead of NaN; in any other row exp() makes it exactly 0.
 MASKED = np.float32(-1e10)
-NO_MASK = np.ones((1, 0), dtype=bool)  # `visible` when every query sees every key
+NOTHING_HIDDEN = np.zeros((1, 0), dtype=np.float32)  # attention()'s `hidden` when every query sees every key
 ROWS = 1 << 16  # elements in a block of rows that element-wise work does at a time, so that it stays in cache
 
 
@@ -77,13 +77,14 @@ def ffn(x, c_fc, c_proj, hook=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
     return linear(h, **c_proj)
 
 
-def attention(q, k, v, visible, hook=None):  # [B, n_head, n_q, d], [B, n_head, n_k, d] x2, [B|1, 1, n_q, n_m] -> [B, n_head, n_q, d]
-    """Softmax attention of the queries over the keys. `visible` says which of the LAST n_m keys each query may
-    see; every query sees all the keys before those. n_m is 0 for one new token of an unpadded batch, the
-    block's own width for a block of a causal prompt (its diagonal), and n_k when rows are padded."""
+def attention(q, k, v, hidden, hook=None):  # [B, n_head, n_q, d], [B, n_head, n_k, d] x2, [B|1, 1, n_q, n_m] -> [B, n_head, n_q, d]
+    """Softmax attention of the queries over the keys. `hidden` is added to the scores of the LAST n_m keys:
+    MASKED where a query may not see that key, 0 where it may; every query sees all the keys before those.
+    n_m is 0 for one new token of an unpadded batch, the block's own width for a block of a causal prompt
+    (its diagonal), and n_k when rows are padded."""
     scores = (q * np.float32(1 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, n_head, n_q, n_k]
-    if visible.shape[-1]:
-        np.copyto(scores[..., k.shape[-2] - visible.shape[-1] :], MASKED, where=~visible)
+    if hidden.shape[-1]:
+        scores[..., k.shape[-2] - hidden.shape[-1] :] += hidden
     if hook:  # the pattern, whole, for the hooks to see (and change)
         scores = hook("attn.hook_attn_scores", scores)
         return hook("attn.hook_pattern", softmax(scores)) @ v
@@ -101,17 +102,18 @@ def causal_attention(q, k, v, mask, block=128, hook=None):  # [B, n_head, n_seq,
     n_past = n_all - n_seq
     block = n_seq if hook else block  # hooks see the whole pattern
     if n_seq == 1 and mask is None:  # one new token, the usual decoding step: it sees every key
-        return attention(q, k, v, NO_MASK, hook)
+        return attention(q, k, v, NOTHING_HIDDEN, hook)
     out = np.empty_like(q)
     for start in range(0, n_seq, block):
         stop = min(start + block, n_seq)
         end = n_past + stop  # one past the last key this block's queries may see
         n_q = stop - start
         if mask is None:  # only the block's own keys, its diagonal, are hidden from some of its queries
-            visible = np.tri(n_q, dtype=bool) if n_q > 1 else NO_MASK
+            visible = np.tri(n_q, dtype=bool)
         else:  # query i, at column n_past + start + i, sees the keys up to that column that are not padding
             visible = np.tri(n_q, end, n_past + start, dtype=bool) & mask[:, None, None, :end]
-        out[..., start:stop, :] = attention(q[..., start:stop, :], k[..., :end, :], v[..., :end, :], visible, hook)
+        hidden = np.where(visible, np.float32(0), MASKED)  # [B|1, 1, n_q, n_m]
+        out[..., start:stop, :] = attention(q[..., start:stop, :], k[..., :end, :], v[..., :end, :], hidden, hook)
     return out
 
 
@@ -320,17 +322,17 @@ def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
     return np.concatenate(scored)
 
 
-def target_logprobs(x, targets, wte, lm_head=None, rows=64):  # [n, n_embd], [n] -> [n]
-    """log_softmax(unembed(x))[i, targets[i]] for each row, `rows` rows at a time: the [rows, n_vocab] logits
-    stay in cache rather than becoming one [n, n_vocab] array (410 MB for a 2048-token window)."""
+def target_logprobs(x, targets, wte, lm_head=None, rows=256):  # [n, n_embd], [n] -> [n]
+    """log_softmax(unembed(x))[i, targets[i]] for each row, `rows` rows at a time: a [rows, n_vocab] block of
+    logits at once (51 MB) rather than [n, n_vocab] (410 MB for a 2048-token window)."""
     out = np.empty(len(x), dtype=np.float32)
     for i in range(0, len(x), rows):
-        logits = unembed(x[i : i + rows], wte, lm_head)  # [rows, n_vocab]
+        logits = unembed(x[i : i + rows], wte, lm_head)  # [rows, n_vocab], a fresh array: worked on in place
         picked = logits[np.arange(len(logits)), targets[i : i + rows]]
-        out[i : i + rows] = picked - logsumexp(logits)
+        top = logits.max(axis=-1, keepdims=True)
+        logits -= top
+        out[i : i + rows] = picked - top[:, 0] - np.log(np.exp(logits, out=logits).sum(axis=-1))
     return out
-
-
 if __name__ == "__main__":
     import cli
 
