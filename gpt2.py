@@ -117,9 +117,10 @@ def causal_attention(q, k, v, mask, block=128, hook=None):  # [B, n_head, n_seq,
     return out
 
 
-def mha(x, c_attn, c_proj, n_head, mask=None, kv=None, hook=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
+def mha(x, c_attn, c_proj, n_head, mask=None, kv=None, n_out=None, hook=None):  # [B, n_seq, n_embd] -> [B, n_out, n_embd]
     """Multi-head causal self-attention. kv is this block's (k, v) [B, n_head, n_past + n_seq, n_embd/n_head]
-    from the KV cache, if any; the keys and values of the n_seq new positions are written into its last n_seq."""
+    from the KV cache, if any; the keys and values of the n_seq new positions are written into its last n_seq.
+    `n_out` asks for the output of the last n_out positions only (all n_seq by default)."""
     B, n_seq, n_embd = x.shape
     qkv = linear(x, **c_attn)  # [B, n_seq, 3*n_embd]
     # All heads at once: [B, n_seq, 3*n_embd] -> [3, B, n_head, n_seq, n_embd/n_head]
@@ -128,16 +129,17 @@ def mha(x, c_attn, c_proj, n_head, mask=None, kv=None, hook=None):  # [B, n_seq,
     if kv is not None:  # the cache's room for these positions, after the positions before them
         kv[0][:, :, -n_seq:], kv[1][:, :, -n_seq:] = k, v
         k, v = kv
-    z = causal_attention(q, k, v, mask, hook=hook)  # [B, n_head, n_seq, n_embd/n_head]
+    q = q[..., -n_out:, :] if n_out else q  # every position's keys and values, but only these queries
+    z = causal_attention(q, k, v, mask, hook=hook)  # [B, n_head, n_out, n_embd/n_head]
     if hook: z = hook("attn.hook_z", z)
-    return linear(z.transpose(0, 2, 1, 3).reshape(B, n_seq, n_embd), **c_proj)  # heads merged
+    return linear(z.transpose(0, 2, 1, 3).reshape(B, z.shape[2], n_embd), **c_proj)  # heads merged
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask=None, kv=None, hook=None):  # [B, n_seq, n_embd] -> [B, n_seq, n_embd]
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask=None, kv=None, n_out=None, hook=None):  # [B, n_seq, n_embd] -> [B, n_out, n_embd]
     if hook: x = hook("hook_resid_pre", x)
-    a = mha(layer_norm(x, **ln_1, hook=prefixed(hook, "ln1.")), **attn, n_head=n_head, mask=mask, kv=kv, hook=hook)
+    a = mha(layer_norm(x, **ln_1, hook=prefixed(hook, "ln1.")), **attn, n_head=n_head, mask=mask, kv=kv, n_out=n_out, hook=hook)
     if hook: a = hook("hook_attn_out", a)
-    x = x + a
+    x = x[:, -a.shape[1]:] + a
     if hook: x = hook("hook_resid_mid", x)
     m = ffn(layer_norm(x, **ln_2, hook=prefixed(hook, "ln2.")), **mlp, hook=hook)
     if hook: m = hook("hook_mlp_out", m)
@@ -151,8 +153,10 @@ def prefixed(hook, prefix):
     return hook and (lambda name, x: hook(prefix + name, x))
 
 
-def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, hook=None):  # [B, n_seq] -> [B, n_seq, n_embd]
-    """The residual stream after the last block, before ln_f, and the new KV cache (see gpt2())."""
+def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, n_out=None, hook=None):  # [B, n_seq] -> [B, n_out, n_embd]
+    """The residual stream after the last block, before ln_f, and the new KV cache (see gpt2()). With n_out, only
+    the last n_out positions' stream: the last block then carries only those forward, as nothing reads the rest
+    (a first token's whole prompt saves most of a block's work); every block still caches every position."""
     B, n_seq = inputs.shape
     d = wte.shape[1] // n_head
     if kvcache is not None and not (isinstance(kvcache, KVCache) or kvcache == []):
@@ -178,7 +182,8 @@ def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, hook=
     if hook: embed, pos_embed = hook("hook_embed", embed), hook("hook_pos_embed", pos_embed)
     x = embed + pos_embed
     for i, block in enumerate(blocks):
-        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv=cache.writable(i), hook=prefixed(hook, f"blocks.{i}."))
+        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv=cache.writable(i),
+                              n_out=n_out if i == len(blocks) - 1 else None, hook=hook and prefixed(hook, f"blocks.{i}."))
     return x, cache
 
 
@@ -207,8 +212,8 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mas
         raise ValueError("inputs must be a non-empty list of token ids, or B such lists of equal length (pad with a mask)")
     if inputs.min() < 0 or inputs.max() >= len(wte):  # a negative id would silently index from the end
         raise ValueError(f"token ids must be in [0, {len(wte)}), got {inputs.min()} to {inputs.max()}")
-    x, cache = transformer(inputs, wte, wpe, blocks, n_head, kvcache, mask, hook)
-    x = layer_norm(x[:, -1:] if last_only else x, **ln_f, hook=prefixed(hook, "ln_final."))
+    x, cache = transformer(inputs, wte, wpe, blocks, n_head, kvcache, mask, 1 if last_only else None, hook)
+    x = layer_norm(x, **ln_f, hook=prefixed(hook, "ln_final."))
     logits = unembed(x, wte, lm_head)
     logits = logits[0] if single else logits
     return (logits, cache) if kvcache is not None else logits
@@ -310,9 +315,9 @@ def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
     scored, done = [], 1  # ids[:done] are scored (the first never is)
     for begin in range(0, len(ids), stride):
         end = min(begin + n_ctx, len(ids))
-        x, _ = transformer(ids[None, begin:end], params["wte"], params["wpe"], params["blocks"], n_head)
-        # Only the positions whose next token this window scores, ids[done:end], need their logits.
-        x = layer_norm(x[0, done - 1 - begin : end - 1 - begin], **params["ln_f"])  # [end - done, n_embd]
+        # Only the positions whose next token this window scores, ids[done:end], need their output.
+        x, _ = transformer(ids[None, begin:end], params["wte"], params["wpe"], params["blocks"], n_head, n_out=end - done + 1)
+        x = layer_norm(x[0, :-1], **params["ln_f"])  # [end - done, n_embd]
         scored.append(target_logprobs(x, ids[done:end], params["wte"], params.get("lm_head")))
         done = end
         if progress:

@@ -122,3 +122,17 @@ def test_batch_rows_slide_as_each_would_alone(short_context, lengths):
     alone = [gpt2.generate(p, params, hparams["n_head"], n_tokens=n_tokens, slide=True, stop_at_eot=False)
              for p in prompts]
     assert rows == alone
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_last_only_carries_only_the_last_position_through_the_last_block(params, padded):
+    """last_only skips the last block's work for every other position, yet caches every position's keys."""
+    rows = [[464, 3290, 318, 257, 1332], [2068, 7586, 21831, 13, 11]]
+    mask = np.array([[False, False, True, True, True], [True] * 5]) if padded else None
+    full, cache_full = gpt2.gpt2(rows, **params, n_head=N_HEAD, kvcache=[], mask=mask)
+    last, cache_last = gpt2.gpt2(rows, **params, n_head=N_HEAD, kvcache=[], mask=mask, last_only=True)
+    assert last.shape == (2, 1, HPARAMS["n_vocab"])
+    np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+    for (k1, v1), (k2, v2) in zip(cache_full, cache_last):
+        np.testing.assert_array_equal(k1, k2)
+        np.testing.assert_array_equal(v1, v2)
