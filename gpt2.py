@@ -23,6 +23,7 @@ GELU_C = np.float32(math.sqrt(2 / math.pi))
 MASKED = np.float32(-1e10)
 NOTHING_HIDDEN = np.zeros((1, 0), dtype=np.float32)  # attention()'s `hidden` when every query sees every key
 ROWS = 1 << 16  # elements in a block of rows that element-wise work does at a time, so that it stays in cache
+VOCAB_BLOCK = 2048  # rows of wte in a slice of the unembedding, 6 MB for 124M: it stays in the CPU's cache
 
 
 def gelu(x):  # [..., n] -> [..., n]
@@ -222,7 +223,15 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head, lm_head=None, kvcache=None, mas
 def unembed(x, wte, lm_head=None):  # [..., n_embd] -> [..., n_vocab]
     """The logits of a (normalized) residual stream: the unembedding is tied to wte, as in GPT-2."""
     w = wte if lm_head is None else lm_head  # [n_vocab, n_embd]
-    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], len(w))
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) == 1:  # one row: a matrix-vector product, which reads w at full speed
+        return (rows @ w.T).reshape(*x.shape[:-1], len(w))
+    # Against wte.T, a transposed layout, OpenBLAS runs a few rows a third faster on slices of the vocabulary
+    # than on the whole 154 MB at once (measured: 8 rows, 20 -> 14 ms).
+    logits = np.empty((len(rows), len(w)), dtype=np.float32)
+    for i in range(0, len(w), VOCAB_BLOCK):
+        np.matmul(rows, w[i : i + VOCAB_BLOCK].T, out=logits[:, i : i + VOCAB_BLOCK])
+    return logits.reshape(*x.shape[:-1], len(w))
 
 
 def is_batch(inputs):
