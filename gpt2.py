@@ -173,9 +173,9 @@ def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, n_out
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (B, n_all):
             raise ValueError(f"mask must have shape [B, n_past + n_seq] = {[B, n_all]}, got {list(mask.shape)}")
-    if not kvcache:  # [] starts a cache for decoding, with room for n_ctx; None one for this call alone
-        kvcache = KVCache.empty(len(blocks), B, n_head, d, capacity=len(wpe) if kvcache is not None else n_seq)
-    cache = kvcache.extended(n_seq, capacity=len(wpe))
+    if not kvcache:  # [] starts a cache with room to grow (it doubles when full); None one for this call alone
+        kvcache = KVCache.empty(len(blocks), B, n_head, d, capacity=n_seq if kvcache is None else min(len(wpe), 2 * n_seq))
+    cache = kvcache.extended(n_seq, limit=len(wpe))
 
     # Positions count real tokens only: each row's first real token is at 0 however much padding precedes it.
     positions = np.arange(n_past, n_all)[None] if mask is None else np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, n_past:]

@@ -16,8 +16,9 @@ import numpy as np
 class _Buffers:
     """Preallocated k and v for every block, [B, n_head, capacity, d] each, and how much of them is claimed.
 
-    np.empty only reserves the memory: pages are touched, and count in the process's memory, as
-    positions are written, so a capacity of n_ctx costs only what is used.
+    np.empty only reserves the memory: pages are touched, and count in the process's memory, as positions are
+    written; the capacity is kept within twice the positions held all the same, so a large batch never asks
+    for more address space than it will use.
     """
 
     def __init__(self, n_layer, batch_size, n_head, capacity, d):
@@ -37,7 +38,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, n_layer, batch_size, n_head, d, capacity):
-        """A cache holding no positions, with room for `capacity` (n_ctx for decoding, n_seq for one call)."""
+        """A cache holding no positions, with room for `capacity` (it grows, by copying, when it needs more)."""
         return cls(_Buffers(n_layer, batch_size, n_head, capacity, d), 0)
 
     def __len__(self):
@@ -63,13 +64,14 @@ class KVCache:
         _, n_head, _, d = self._buffers.k[0].shape
         return len(self), self.batch_size, n_head, self.n_past, d
 
-    def extended(self, n_new, capacity):
+    def extended(self, n_new, limit):
         """A cache of n_past + n_new positions whose first n_past are this cache's, and whose last n_new are
         for the caller to write (through writable()). It shares this cache's buffers when they have room and no
-        other cache has claimed it; otherwise it is a copy with room for `capacity` positions in all."""
+        other cache has claimed it; otherwise it is a copy, with room for twice as many positions as it holds
+        (so that decoding copies the cache only now and then), up to `limit` (n_ctx)."""
         buffers, n_all = self._buffers, self.n_past + n_new
         if buffers.claimed != self.n_past or n_all > buffers.capacity:
-            buffers = self._copy(max(capacity, n_all))
+            buffers = self._copy(max(n_all, min(limit, 2 * n_all)))
         buffers.claimed = n_all
         return KVCache(buffers, n_all)
 
@@ -102,7 +104,7 @@ class KVCache:
         return f"KVCache(n_layer={n_layer}, B={batch_size}, n_head={n_head}, n_past={n_past}, d={d})"
 
 
-def merge_rows(parts, batch_size, capacity):
+def merge_rows(parts, batch_size, limit):
     """One batch cache from the rows of several: parts = [(rows, cache, mask), ...] -> (cache, mask).
 
     Row rows[j] of the result is row j of that part's cache, with its mask ([B_part, n_past_part], False at
@@ -111,7 +113,7 @@ def merge_rows(parts, batch_size, capacity):
     """
     width = max(cache.n_past for _, cache, _ in parts)
     n_layer, _, n_head, _, d = parts[0][1].shape
-    buffers = _Buffers(n_layer, batch_size, n_head, max(capacity, width), d)
+    buffers = _Buffers(n_layer, batch_size, n_head, max(width, min(limit, 2 * width)), d)
     mask = np.zeros((batch_size, width), dtype=bool)
     for rows, cache, part_mask in parts:
         n = cache.n_past
