@@ -57,9 +57,10 @@ def layer_norm(x, g, b, eps=1e-5, hook=None):  # [..., n_embd] -> [..., n_embd]
     scale = np.sqrt((x * x).sum(axis=-1, keepdims=True) / n_embd + eps)  # [..., 1]
     if hook: scale = hook("hook_scale", scale)
     x /= scale
+    if hook:  # TransformerLens's hook_normalized comes before the gain and bias
+        return hook("hook_normalized", x) * g + b  # a new array: the one the hook saw stays as it was
     x *= g
     x += b
-    if hook: x = hook("hook_normalized", x)
     return x
 
 

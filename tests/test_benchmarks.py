@@ -66,7 +66,7 @@ def test_profile_prints_where_the_time_goes(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     for name in ("decode", "ttft", "decode_short", "decode_deep", "score", "batch"):
-        shares = [number(cell) for cell in rows[name].strip().strip("|").split("|")[2:]]
+        shares = [number(cell.strip()) for cell in rows[name].strip().strip("|").split("|")[2:]]
         assert len(shares) == 6 and all(0 <= share <= 100 for share in shares)
         assert 90 <= sum(shares) <= 110  # the parts and the rest make up the whole
 
