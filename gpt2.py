@@ -23,7 +23,7 @@ GELU_C = np.float32(math.sqrt(2 / math.pi))
 MASKED = np.float32(-1e10)
 NOTHING_HIDDEN = np.zeros((1, 0), dtype=np.float32)  # attention()'s `hidden` when every query sees every key
 ROWS = 1 << 16  # elements in a block of rows that element-wise work does at a time, so that it stays in cache
-VOCAB_BLOCK = 2048  # rows of wte in a slice of the unembedding, 6 MB for 124M: it stays in the CPU's cache
+VOCAB_BLOCK = 4096  # rows of wte in a slice of the unembedding, 12 MB for 124M: it stays in the CPU's L3 cache
 
 
 def gelu(x):  # [..., n] -> [..., n]
