@@ -2,7 +2,7 @@
 
 It parses the options (refusing any that the chosen mode would ignore), loads the model (utils.py), and
 runs one mode: stream one continuation, a batch (--n_samples, --prompts_file), --interactive (the loop
-is in interactive.py), or --score. Progress bars go to stderr, and only when stderr is a terminal.
+is in interactive.py), --score, or a look inside the prompt (--inspect, --html; lens.py). Progress bars go to stderr, and only when stderr is a terminal.
 """
 import argparse
 import math
@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 import interactive
+import lens_html
 from encoder import MODEL_SIZES
 from gpt2 import generate_stream, score
 from textstream import decode_text, stream_text
@@ -85,8 +86,12 @@ def parse_args(argv, model_sizes):
     modes.add_argument("--per_token", action="store_true", help="with --score, also print a table of every token's log-probability")
     modes.add_argument("--stride", type=positive_int, help="with --score, the sliding window's step for texts beyond n_ctx (default: n_ctx // 2)")
     modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
+    looking = parser.add_argument_group("looking inside (lens.py)", "These read the prompt, at most n_ctx tokens, and generate nothing.")
+    looking.add_argument("--inspect", action="store_true", help="print each token's probability, rank, the entropy and the likeliest tokens at its place")
+    looking.add_argument("--html", metavar="FILE", help="write a page (one file, no network): tokens coloured by rank, attention heatmaps, the logit lens")
+    looking.add_argument("--prepend_eot", action="store_true", help="with --inspect or --html, read the prompt after <|endoftext|>, so its first token is scored too")
     args = parser.parse_args(argv)
-    problem = conflict(args)
+    problem = inspect_conflict(args) or conflict(args)
     if problem:
         parser.error(problem)
     sampled = given(args, SAMPLING) + ["--n_samples"] * ((args.n_samples or 1) > 1)
@@ -132,6 +137,21 @@ def conflict(args):
         where = "with --interactive, which makes one continuation per line" if args.interactive else "without --score"
     if unused:
         return f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing {where}: drop {'it' if len(unused) == 1 else 'them'}"
+    return None
+
+
+def inspect_conflict(args):
+    """What is wrong with --inspect, --html or --prepend_eot in this command, or None."""
+    inspecting = given(args, ("inspect", "html"))
+    if not inspecting:
+        return "--prepend_eot does nothing without --inspect or --html: drop it" if args.prepend_eot else None
+    what = " and ".join(inspecting)
+    others = given(args, ("prompts_file", "interactive"))
+    if others or args.prompt is None:
+        return f"{what} {'look' if len(inspecting) > 1 else 'looks'} at one text, the prompt: " + (f"drop {others[0]}" if others else "give it")
+    unused = given(args, (*GENERATING, *SCORING, "score", "n_samples"))
+    if unused:
+        return f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing with {what}, which generates nothing: drop {'it' if len(unused) == 1 else 'them'}"
     return None
 
 
@@ -191,6 +211,8 @@ def main(argv=None):
 
 
 def run(args, utils):
+    if args.html is not None:  # before any work: a path that cannot take the page fails at once
+        lens_html.check_writable(args.html)
     options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
     encoder, hparams, params = utils.load_model(args.model, args.models_dir)
@@ -208,7 +230,9 @@ def run(args, utils):
         check_memory(1, len(ids), args.n_tokens, hparams, ["lower --n_tokens", "shorten the prompt"])
         print_stream(ids, params, n_head, encoder, args.stop, options)
 
-    if args.interactive:
+    if args.inspect or args.html is not None:
+        inspect_prompt(encode(args.prompt), params, n_head, encoder, args)
+    elif args.interactive:
         interactive.run(continue_one, "gpt2.py")
     elif args.score:
         for prompt in [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file):
@@ -226,6 +250,18 @@ def run(args, utils):
             print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
     else:
         continue_one(args.prompt)
+
+
+def inspect_prompt(ids, params, n_head, encoder, args):
+    """--inspect prints the token view; --html writes the page. Both come from one forward pass (lens.py)."""
+    import lens
+
+    seen = lens.Inspection(ids, params, n_head, encoder, prepend_eot=args.prepend_eot)
+    if args.inspect:
+        print(seen.table())
+    if args.html is not None:
+        lens_html.write(args.html, seen.html())
+        print(f"wrote {args.html}: open it in a browser", file=sys.stderr)
 
 
 def generate_rows(batch, params, n_head, options):
