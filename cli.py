@@ -16,13 +16,18 @@ import interactive
 import lens_html
 from encoder import MODEL_SIZES
 from gpt2 import generate_stream, score
-from textstream import decode_text, stream_text
+from generation import collect
+from textstream import decode_text, logprob_table, text_pieces, tokens_shown
 
 N_TOKENS = 40
 # Options that only mean something when generating, and when scoring: given in another mode, they are an error.
-GENERATING = ("n_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eot", "slide")
+CONTROLS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words", "min_new_tokens")
+BEAMS = ("num_beams", "length_penalty", "early_stopping")
+GENERATING = ("n_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eot", "slide", *CONTROLS, *BEAMS,
+              "logprobs")
 SCORING = ("per_token", "stride")
 SAMPLING = ("top_k", "top_p", "seed")  # each asks for a draw, so they turn sampling on (as does --n_samples above 1)
+EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -40,6 +45,26 @@ def whole_number(text, least=0):
     if value < least:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, got {text!r}")
     return value
+
+
+def number(accept, what):
+    """argparse type: a number that `accept`s, or a one-line usage error saying it must be `what`."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
+
+
+def word(text):
+    """argparse type for --bad_words: some text."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty bad word bans nothing: give some text")
+    return text
 
 
 def stop_string(text):
@@ -67,11 +92,32 @@ def parse_args(argv, model_sizes):
     parser.add_argument("--models_dir", help="where OpenAI's checkpoints live, one folder per size, downloaded if missing (default: models)")
     parser.add_argument("--model", metavar="PATH_OR_ID", help="instead of --model_size: a model folder (HuggingFace's or OpenAI's layout) or a HuggingFace hub id such as distilgpt2 or org/name@revision (found in, or fetched into, the HuggingFace cache)")
     sampling = parser.add_argument_group("sampling", "Greedy unless asked: --top_k, --top_p, --seed or --n_samples above 1 "
-                                         "without --temperature sample at temperature 1, as OpenAI's sampler does.")
+                                         "without --temperature sample at temperature 1, as OpenAI's sampler does. "
+                                         "With --num_beams above 1 none of them apply: beam search is a search, not a draw.")
     sampling.add_argument("--temperature", type=float, help="0 is greedy; higher is more random (default: 0, or 1 as above)")
     sampling.add_argument("--top_k", type=positive_int, help="draw only from the k most likely tokens (default: all)")
     sampling.add_argument("--top_p", type=float, help="draw only from the most likely tokens holding this much probability (default: 1)")
     sampling.add_argument("--seed", type=whole_number, help="the same seed gives the same text (default: a fresh draw each run)")
+    controls = parser.add_argument_group(
+        "controls", "HuggingFace's generation controls, with its names and meaning: in greedy, sampled and beam decoding "
+        "alike, before temperature, top-k and top-p. Each sees the prompt and the text generated so far.")
+    controls.add_argument("--repetition_penalty", type=number(lambda x: 0 < x < math.inf, "a number above 0"),
+                          help="make every token already in the prompt or the text less likely: a logit above 0 divided "
+                          "by this, one below 0 multiplied (1.2 is usual; default: 1, none)")
+    controls.add_argument("--no_repeat_ngram_size", type=positive_int, help="never repeat a run of this many tokens (default: off)")
+    controls.add_argument("--bad_words", action="append", type=word, default=[], help="never write this word, with or "
+                          "without a space before it (repeatable)")
+    controls.add_argument("--min_new_tokens", type=positive_int, help="no <|endoftext|> before this many tokens (default: 0)")
+    beams = parser.add_argument_group(
+        "beam search", "Keep the --num_beams most likely texts at each step and print the most likely at the end "
+        "(--n_samples N: the N most likely, N at most --num_beams). The text appears once the search is done. "
+        "It goes with the controls, not with sampling or --slide.")
+    beams.add_argument("--num_beams", type=positive_int, help="how many texts to keep at each step (default: 1, no search)")
+    beams.add_argument("--length_penalty", type=number(math.isfinite, "a number"), help="a finished text scores its "
+                       "log-prob / length ** this: above 0 favours longer texts, below 0 shorter (default: 1)")
+    beams.add_argument("--early_stopping", choices=EARLY_STOPPING, help="true: stop once --num_beams texts are finished; "
+                       "false: also once no running text can still beat them, by HuggingFace's estimate; never: "
+                       "only when none can, for certain (default: false)")
     stopping = parser.add_argument_group("stopping and long prompts")
     stopping.add_argument("--stop", action="append", type=stop_string, default=[],
                           help=r"end the text before this string (repeatable); \n \t \r and \\ are a newline, tab, return and backslash")
@@ -79,12 +125,15 @@ def parse_args(argv, model_sizes):
     stopping.add_argument("--allow_special", action="store_true", help="read <|endoftext|> in the prompt as the special token, not as text")
     stopping.add_argument("--slide", action="store_true", help="beyond n_ctx, slide the window to the most recent tokens instead of stopping with an error")
     modes = parser.add_argument_group("modes")
-    modes.add_argument("--n_samples", type=positive_int, help="continue the prompt (each prompt of --prompts_file) this many times, in one batch (default: 1)")
+    modes.add_argument("--n_samples", type=positive_int, help="continue the prompt (each prompt of --prompts_file) this many times, "
+                       "in one batch, the prompt read once; with --num_beams, the N most likely texts (default: 1)")
     modes.add_argument("--prompts_file", help="continue (or score) every non-empty line of this file; continuations in one batch")
     modes.add_argument("--interactive", action="store_true", help="load once, then continue each line read from stdin until EOF")
     modes.add_argument("--score", action="store_true", help="print the prompt's total log-probability and perplexity instead")
     modes.add_argument("--per_token", action="store_true", help="with --score, also print a table of every token's log-probability")
     modes.add_argument("--stride", type=positive_int, help="with --score, the sliding window's step for texts beyond n_ctx (default: n_ctx // 2)")
+    modes.add_argument("--logprobs", type=whole_number, metavar="N", help="after each text, a table of every generated "
+                       "token's log-probability under the model, as chosen, and the model's N most likely tokens")
     modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
     looking = parser.add_argument_group("looking inside (lens.py)", "These read the prompt, at most n_ctx tokens, and generate nothing.")
     looking.add_argument("--inspect", action="store_true", help="print each token's probability, rank, the entropy and the likeliest tokens at its place")
@@ -94,7 +143,8 @@ def parse_args(argv, model_sizes):
     problem = inspect_conflict(args) or conflict(args)
     if problem:
         parser.error(problem)
-    sampled = given(args, SAMPLING) + ["--n_samples"] * ((args.n_samples or 1) > 1)
+    beam_search = (args.num_beams or 1) > 1
+    sampled = given(args, SAMPLING) + ["--n_samples"] * ((args.n_samples or 1) > 1 and not beam_search)
     if args.temperature == 0 and sampled:
         parser.error(f"--temperature 0 is greedy, so {' and '.join(sampled)} would do nothing: drop one or the other")
     if args.temperature is None:
@@ -137,6 +187,27 @@ def conflict(args):
         where = "with --interactive, which makes one continuation per line" if args.interactive else "without --score"
     if unused:
         return f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing {where}: drop {'it' if len(unused) == 1 else 'them'}"
+    return search_conflict(args)
+
+
+def search_conflict(args):
+    """What is wrong with this combination of beam search, sampling and --logprobs, or None."""
+    if args.interactive and args.logprobs is not None:
+        return "--logprobs prints a table after each text, and --interactive one line per prompt: drop one of them"
+    if (args.num_beams or 1) == 1:
+        unused = given(args, ("length_penalty", "early_stopping"))
+        if unused:
+            return f"{' and '.join(unused)} only {'applies' if len(unused) == 1 else 'apply'} to beam search: " \
+                   f"give --num_beams above 1, or drop {'it' if len(unused) == 1 else 'them'}"
+        return None
+    draws = given(args, SAMPLING) + ["--temperature"] * bool(args.temperature)
+    if draws:
+        return f"--num_beams {args.num_beams} is a search, not a draw: drop {' and '.join(draws)} (or --num_beams)"
+    if args.slide:
+        return "--slide and --num_beams do not go together: beam search cannot slide its window; drop one of them"
+    if (args.n_samples or 1) > args.num_beams:
+        return (f"--n_samples {args.n_samples} is more than --num_beams {args.num_beams}: beam search keeps only "
+                f"{args.num_beams} texts; raise --num_beams or lower --n_samples")
     return None
 
 
@@ -213,8 +284,6 @@ def main(argv=None):
 def run(args, utils):
     if args.html is not None:  # before any work: a path that cannot take the page fails at once
         lens_html.check_writable(args.html)
-    options = dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   rng=args.seed, stop_at_eot=not args.ignore_eot, slide=args.slide)
     encoder, hparams, params = utils.load_model(args.model, args.models_dir)
     if args.verify:  # the shapes were checked as the model loaded; this reads every byte
         model_dir = utils.tf_model_dir(args.model, args.models_dir)
@@ -224,10 +293,12 @@ def run(args, utils):
             return
     n_head = hparams["n_head"]
     encode = lambda text: encoder.encode(text, allowed_special="all" if args.allow_special else ())
+    options = generation_options(args, encoder)
+    beams = ["lower --num_beams"] * (options["num_beams"] > 1)
 
     def continue_one(prompt):
         ids = encode(prompt)
-        check_memory(1, len(ids), args.n_tokens, hparams, ["lower --n_tokens", "shorten the prompt"])
+        check_memory(options["num_beams"], len(ids), args.n_tokens, hparams, [*beams, "lower --n_tokens", "shorten the prompt"])
         print_stream(ids, params, n_head, encoder, args.stop, options)
 
     if args.inspect or args.html is not None:
@@ -239,15 +310,18 @@ def run(args, utils):
             print_score(encode(prompt), params, n_head, encoder, args.stride, args.per_token)
     elif args.prompts_file or args.n_samples > 1:
         prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
-        fixes = ["lower --n_samples"] * (args.n_samples > 1) + ["give fewer prompts"] * (len(prompts) > 1)
+        fixes = ["lower --n_samples"] * (args.n_samples > 1) + beams + ["give fewer prompts"] * (len(prompts) > 1)
         batch = [encode(p) for p in prompts]
-        check_memory(len(prompts) * args.n_samples, max(map(len, batch)), args.n_tokens, hparams,
+        check_memory(len(prompts) * max(args.n_samples, options["num_beams"]), max(map(len, batch)), args.n_tokens, hparams,
                      [*fixes, "shorten the prompts" if len(prompts) > 1 else "shorten the prompt", "lower --n_tokens"])
+        rows, logprobs = generate_rows(batch, params, n_head, dict(options, num_return_sequences=args.n_samples))
         prompts = [p for p in prompts for _ in range(args.n_samples)]
-        rows = generate_rows([ids for ids in batch for _ in range(args.n_samples)], params, n_head, options)
-        for i, (prompt, row) in enumerate(zip(prompts, rows), start=1):
+        for i, (prompt, row, row_logprobs) in enumerate(zip(prompts, rows, logprobs), start=1):
             print(f"=== {i}/{len(rows)}: {prompt}")
             print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
+            if args.logprobs is not None:
+                shown = tokens_shown(row, encoder, args.stop, options["stop_at_eot"])
+                print(logprob_table(row[:shown], row_logprobs[:shown], encoder))
     else:
         continue_one(args.prompt)
 
@@ -264,17 +338,26 @@ def inspect_prompt(ids, params, n_head, encoder, args):
         print(f"wrote {args.html}: open it in a browser", file=sys.stderr)
 
 
+def generation_options(args, encoder):
+    """generate_stream's options from the command line's."""
+    bad_words = {tuple(encoder.encode(text)) for word in args.bad_words for text in (word.lstrip(" "), " " + word.lstrip(" "))}
+    return dict(n_tokens=args.n_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=args.seed,
+                stop_at_eot=not args.ignore_eot, slide=args.slide, repetition_penalty=args.repetition_penalty or 1.0,
+                no_repeat_ngram_size=args.no_repeat_ngram_size or 0, bad_words_ids=[list(w) for w in sorted(bad_words)],
+                min_new_tokens=args.min_new_tokens or 0, num_beams=args.num_beams or 1,
+                length_penalty=1.0 if args.length_penalty is None else args.length_penalty,
+                early_stopping=EARLY_STOPPING[args.early_stopping or "false"], logprobs=args.logprobs)
+
+
 def generate_rows(batch, params, n_head, options):
-    """gpt2.generate for a batch, with a bar on stderr counting the steps when stderr is a terminal."""
+    """gpt2.generate for a batch -> (rows, their Logprobs or Nones), with a bar on stderr counting the steps when
+    stderr is a terminal."""
     from tqdm import tqdm
 
-    rows = [[] for _ in batch]
     steps = generate_stream(batch, params, n_head, **options)
-    for next_ids in tqdm(steps, total=options["n_tokens"], desc="generating", unit="step", leave=False, disable=None):
-        for row, i in zip(rows, next_ids):
-            if i is not None:
-                row.append(i)
-    return rows
+    bar = tqdm(steps, total=options["n_tokens"], desc="generating", unit="step", leave=False, disable=None)
+    out = collect(bar, len(batch) * options["num_return_sequences"], options["logprobs"] is not None)
+    return out if options["logprobs"] is not None else (out, [[None] * len(row) for row in out])
 
 
 def print_score(ids, params, n_head, encoder, stride, per_token):
@@ -291,10 +374,22 @@ def print_score(ids, params, n_head, encoder, stride, per_token):
 
 
 def print_stream(ids, params, n_head, encoder, stop, options):
-    """Print the continuation of ids as it is produced, then a newline."""
-    for piece in stream_text(ids, params, n_head, encoder, stop=stop, **options):
+    """Print the continuation of ids as it is produced, then a newline; with --logprobs, then their table."""
+    tokens, logprobs = generate_stream(ids, params, n_head, **options), []
+    if options["logprobs"] is not None:
+        tokens = recorded(tokens, logprobs)
+    for piece in text_pieces(tokens, encoder, stop, options["stop_at_eot"]):
         print(piece, end="", flush=True)
     print()
+    if logprobs:
+        print(logprob_table(*zip(*logprobs), encoder))
+
+
+def recorded(pairs, records):
+    """The ids of (id, Logprob) pairs as they come, each pair appended to records when its id is taken."""
+    for pair in pairs:
+        records.append(pair)
+        yield pair[0]
 
 
 def read_prompts(path):

@@ -1,9 +1,14 @@
-"""Choosing the next token from the model's logits: greedy, or a draw after temperature, top-k and top-p.
+"""Choosing the next token from the model's logits: the generation controls (HuggingFace's logits processors),
+then greedy, or a draw after temperature, top-k and top-p; and the log-probabilities of what was chosen.
 
-Sampling follows nanoGPT's chain: divide by temperature, keep the top k, keep the top p, draw. Every
-function here knows only logits and ids, never the model, so each can be tested on fixed inputs.
+Every function here knows only ids and logits, never the model, so each can be tested on fixed inputs. The
+controls take `ids`, all the row's tokens so far (its whole prompt, then what was generated), and apply in
+HuggingFace's order (transformers' `_get_logits_processor`): repetition_penalty, no_repeat_ngram_size,
+bad_words_ids, min_new_tokens; sampling then follows nanoGPT's chain: divide by temperature, keep the top k,
+keep the top p, draw. Beam search's bookkeeping is in beam.py.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +29,99 @@ def logsumexp(x):  # [..., n] -> [...]
     top = x.max(axis=-1, keepdims=True)
     return (np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top)[..., 0]
 
+
+# ---- The controls: (ids [n], logits [n_vocab]) -> new logits [n_vocab]; the logits passed in are not changed.
+
+def penalize_repetition(ids, logits, penalty):  # [n], [n_vocab] -> [n_vocab]
+    """Every token in ids, once however often it occurs: a logit below 0 times the penalty, any other divided by it.
+
+    ids [7, 7], logits [1, 1, ..., 1, 2 at 7, 1, ...], penalty 2 -> the same with 1 at 7 (HF's
+    RepetitionPenaltyLogitsProcessor; a penalty below 1 rewards repeating instead).
+    """
+    seen = np.unique(ids)
+    picked = logits[seen]
+    out = logits.copy()
+    out[seen] = np.where(picked < 0, picked * np.float32(penalty), picked / np.float32(penalty))
+    return out
+
+
+def ban_repeated_ngrams(ids, logits, n):  # [n_ids], [n_vocab] -> [n_vocab]
+    """-inf for every token that would complete an n-gram already in ids (HF's NoRepeatNGramLogitsProcessor).
+
+    ids [1, 2, 3, 1, 2], n=3 -> token 3 banned: (1, 2, 3) is there, and ids end in (1, 2).
+    """
+    if len(ids) < n:
+        return logits
+    ids = np.asarray(ids)
+    windows = np.lib.stride_tricks.sliding_window_view(ids, n)  # [n_ids - n + 1, n], every n-gram
+    ending = ids[len(ids) - (n - 1) :]  # the n - 1 tokens a next token would complete into an n-gram
+    out = logits.copy()
+    out[windows[(windows[:, :-1] == ending).all(axis=1), -1]] = -np.inf
+    return out
+
+
+def ban_bad_words(ids, logits, bad_words_ids):  # [n], [n_vocab] -> [n_vocab]
+    """-inf for the last token of every bad word whose other tokens ids end with (HF's NoBadWordsLogitsProcessor).
+
+    bad_words_ids [[464], [1, 2]]: 464 is always banned, 2 only right after a 1.
+    """
+    out = logits.copy()
+    for word in bad_words_ids:
+        if len(word) == 1 or (len(word) - 1 <= len(ids) and list(ids[len(ids) - len(word) + 1 :]) == list(word[:-1])):
+            out[word[-1]] = -np.inf
+    return out
+
+
+def ban_eot(logits):  # [n_vocab] -> [n_vocab]
+    """-inf for <|endoftext|>: what min_new_tokens does until that many are generated (HF's
+    MinNewTokensLengthLogitsProcessor)."""
+    out = logits.copy()
+    out[EOT] = -np.inf
+    return out
+
+
+class Controls(NamedTuple):
+    """The generation controls, with HuggingFace's names and defaults (each default changes nothing)."""
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: tuple = ()
+    min_new_tokens: int = 0
+
+    def __call__(self, ids, n_new, logits):  # [n], [n_vocab] -> [n_vocab]
+        """The logits with every control applied, in HF's order; `n_new` tokens of ids were generated."""
+        if self.repetition_penalty != 1:
+            logits = penalize_repetition(ids, logits, self.repetition_penalty)
+        if self.no_repeat_ngram_size:
+            logits = ban_repeated_ngrams(ids, logits, self.no_repeat_ngram_size)
+        if self.bad_words_ids:
+            logits = ban_bad_words(ids, logits, self.bad_words_ids)
+        if n_new < self.min_new_tokens:
+            logits = ban_eot(logits)
+        return logits
+
+    @classmethod
+    def checked(cls, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None, min_new_tokens=0,
+                n_vocab=EOT + 1):
+        """Controls from HF-named options, or a ValueError saying what is wrong with one and what to give instead."""
+        if not (is_number(repetition_penalty) and 0 < repetition_penalty < math.inf):
+            raise ValueError(f"repetition_penalty must be a number above 0 (1 changes nothing; HF suggests 1.2), "
+                             f"got {repetition_penalty!r}")
+        for name, value in [("no_repeat_ngram_size", no_repeat_ngram_size), ("min_new_tokens", min_new_tokens)]:
+            if not is_whole(value, 0):
+                raise ValueError(f"{name} must be a whole number (0 turns it off), got {value!r}")
+        words, sequence = [], (list, tuple, np.ndarray)
+        for word in bad_words_ids if isinstance(bad_words_ids, sequence) else [bad_words_ids] * (bad_words_ids is not None):
+            if not isinstance(word, sequence) or len(word) == 0 or not all(is_whole(i, 0) and i < n_vocab for i in word):
+                raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids in [0, {n_vocab}), "
+                                 f"such as [[464], [1, 2]]: {word!r} is not such a list")
+            if list(word) == [EOT]:
+                raise ValueError("bad_words_ids holds [50256], <|endoftext|> alone, which HuggingFace ignores: to keep "
+                                 "it from being chosen, give min_new_tokens (as many as n_tokens) instead")
+            words.append(tuple(int(i) for i in word))
+        return cls(float(repetition_penalty), int(no_repeat_ngram_size), tuple(words), int(min_new_tokens))
+
+
+# ---- Sampling
 
 def top_k_filter(logits, top_k):  # [n_vocab] -> [n_vocab]
     """Logits below the k-th largest become -inf (ties with it stay). [1, 3, 2], k=2 -> [-inf, 3, 2].
@@ -48,25 +146,94 @@ def top_p_filter(probs, top_p):  # [n_vocab] -> [n_vocab]
     return out
 
 
+def sampling_logits(logits, temperature, top_k=None, top_p=None):  # [n_vocab] -> [n_vocab]
+    """The logits a draw is made from: divided by the temperature, -inf outside the top k and the top p."""
+    logits = logits / np.float32(temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1:
+        logits = np.where(top_p_filter(softmax(logits), top_p) > 0, logits, -np.inf).astype(logits.dtype)
+    return logits
+
+
+def draw(logits, rng):  # [n_vocab] -> token id
+    """A token drawn with rng (a np.random.Generator) from softmax(logits)."""
+    cdf = np.cumsum(softmax(logits))
+    return int(min(np.searchsorted(cdf, rng.random(dtype=np.float32) * cdf[-1], side="right"), len(cdf) - 1))
+
+
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
     """Greedy when temperature is 0; otherwise a draw, with `rng` (a np.random.Generator), from the
     tempered, top-k and top-p filtered softmax."""
     if temperature == 0:
         return int(np.argmax(logits))
-    logits = logits / np.float32(temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    probs = softmax(logits)
-    if top_p is not None and top_p < 1:
-        probs = top_p_filter(probs, top_p)
-    cdf = np.cumsum(probs)  # unnormalised: the draw below scales to its total
-    return int(min(np.searchsorted(cdf, rng.random(dtype=np.float32) * cdf[-1], side="right"), len(cdf) - 1))
+    return draw(sampling_logits(logits, temperature, top_k, top_p), rng)
 
+
+def chooser(controls, temperature=0.0, top_k=None, top_p=None, rng=None):
+    """choose(ids, n_new, logits [n_vocab]) -> (token id, the logits it was chosen from): the controls, then greedy
+    or a draw. The logits returned are the processed distribution: log_softmax of them is what HF's
+    compute_transition_scores(output_scores, normalize_logits=True) gives."""
+    def choose(ids, n_new, logits):
+        logits = controls(ids, n_new, logits)
+        if temperature == 0:
+            return int(np.argmax(logits)), logits
+        logits = sampling_logits(logits, temperature, top_k, top_p)
+        return draw(logits, rng), logits
+    return choose
+
+
+# ---- Log-probabilities of what was chosen
+
+class Logprob(NamedTuple):
+    """What the model made of one generated token.
+
+    logprob    its natural-log probability under the model's own distribution: log_softmax of the raw
+               logits, before any control, temperature, top-k or top-p (HF's compute_transition_scores
+               of output_logits with normalize_logits=True);
+    top        the `logprobs` most likely tokens under that same distribution, [(id, logprob), ...], best first;
+    processed  its log-probability under the distribution it was actually chosen from: after the controls,
+               and when sampling after temperature, top-k and top-p (HF's output_scores, normalized); in beam
+               search, the processed log-prob the beam's score added up (HF's beam scores, step by step).
+    """
+    logprob: float
+    top: list
+    processed: float
+
+
+def top_indices(x, n):  # [m] -> [n]
+    """The indices of the n largest values, largest first, the lower index first among equals."""
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    best = np.argpartition(x, -n)[-n:]
+    return best[np.lexsort((best, -x[best]))]
+
+
+def token_logprob(logprobs, token_id, n_top, processed):  # [n_vocab] model log-probs -> Logprob
+    return Logprob(float(logprobs[token_id]), [(int(i), float(logprobs[i])) for i in top_indices(logprobs, n_top)],
+                   float(processed))
+
+
+# ---- Checking what the user asked for
 
 def check_sampling(temperature, top_k, top_p):
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and not is_whole(top_k, 1):
         raise ValueError(f"top_k must be a whole number of at least 1, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+
+
+def is_whole(value, least):
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+
+def is_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_logprobs(logprobs, n_vocab):
+    if logprobs is not None and not (is_whole(logprobs, 0) and logprobs <= n_vocab):
+        raise ValueError(f"logprobs must be None, or how many of the most likely tokens to list beside each chosen "
+                         f"one, from 0 to {n_vocab}; got {logprobs!r}")

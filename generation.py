@@ -1,33 +1,50 @@
-"""The generation loop: prompts in, one next id per row per step out, with a KV cache and sliding windows.
+"""The generation loops: prompts in, one next id per row per step out, with a KV cache; sliding windows;
+several samples of one prompt from one prefill; beam search; the log-probs of what was chosen.
 
-It knows nothing of the model but a `forward` function, and nothing of how a token is chosen but a `choose`
-function (decoding.py): gpt2.generate_stream hands it both.
+They know nothing of the model but a `forward` function, and nothing of how a token is chosen but a `choose`
+function or the controls (decoding.py) and beam.py's bookkeeping: gpt2.generate_stream hands them over.
 """
 import numpy as np
 
-from decoding import EOT
+from beam import BeamSearch
+from decoding import EOT, Controls, log_softmax, token_logprob
 from kvcache import merge_rows
 
 
-def steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose):
-    """The next id of every row, step by step (None once a row has ended), as choose(logits) picks them.
+def steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose, copies=1, n_logprobs=None):
+    """The next id of every row, step by step (None once a row has ended), as `choose` picks them.
 
     forward(tokens [B, n], kvcache, mask) -> (logits [B, 1, n_vocab], kvcache) is the model (gpt2() with
-    last_only). Each row's window, the tokens its cache holds, slides on its own schedule when it would pass
+    last_only). choose(ids, n_new, logits [n_vocab]) -> (id, the processed logits it chose from) (see
+    decoding.chooser), where ids is all of the row's tokens so far: its whole prompt, then n_new generated.
+    `copies` rows continue each prompt, one after another (n samples): each prompt is read once, and its cache
+    copied for each of its rows. With n_logprobs, each id comes as (id, decoding.Logprob with that many top
+    tokens). Each row's window, the tokens its cache holds, slides on its own schedule when it would pass
     n_ctx (only with slide: the caller refused the rest), exactly as the row would alone.
     """
     windows = [p[-n_ctx:] for p in prompts]
     tokens, mask = left_padded(windows)
     logits, cache = forward(tokens, [], mask)
+    if copies > 1:  # one prefill, its cache copied for every sample
+        rows = np.repeat(np.arange(len(prompts)), copies)
+        logits, cache, mask = logits[rows], cache.take(rows), None if mask is None else mask[rows]
+        prompts, windows = [prompts[r] for r in rows], [list(windows[r]) for r in rows]
+    history = [list(p) for p in prompts]  # what the controls see: the whole prompt, not only the window
     ended = np.zeros(len(prompts), dtype=bool)
     for step in range(n_tokens):
-        next_ids = np.array([choose(row) for row in logits[:, -1]])  # [B]
-        yield [None if e else int(i) for e, i in zip(ended, next_ids)]
+        chosen = [choose(ids, step, row) for ids, row in zip(history, logits[:, -1])]
+        next_ids = np.array([i for i, _ in chosen])  # [B]
+        out = [None if e else int(i) for e, i in zip(ended, next_ids)]
+        if n_logprobs is not None:
+            out = [i if i is None else (i, token_logprob(log_softmax(row), i, n_logprobs, log_softmax(processed)[i]))
+                   for i, row, (_, processed) in zip(out, logits[:, -1], chosen)]
+        yield out
         ended |= (next_ids == EOT) & stop_at_eot
         if ended.all() or step == n_tokens - 1:
             return
-        for window, i in zip(windows, next_ids):
+        for window, ids, i in zip(windows, history, next_ids):
             window.append(int(i))
+            ids.append(int(i))
         if mask is not None:
             mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=bool)], axis=1)
         full = [r for r, window in enumerate(windows) if len(window) > n_ctx]
@@ -35,6 +52,55 @@ def steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose):
             logits, cache = forward(next_ids[:, None], cache, mask)
         else:
             logits, cache, mask = slide(windows, full, next_ids, cache, mask, forward, n_ctx)
+
+
+def beam_steps(prompts, forward, n_tokens, stop_at_eot, controls, num_beams, length_penalty=1.0,
+               early_stopping=False, num_return_sequences=1, n_logprobs=None):
+    """Beam search for every prompt in one batch, yielding as steps() does the ids of each prompt's
+    num_return_sequences best hypotheses, one after another; but only once every search is done, as which
+    beam wins is known only then. Each prompt is read once, and its cache copied as its beams branch; a prompt
+    whose search is done leaves the batch. `controls` (decoding.Controls) process the log-probs, as in HF.
+    """
+    tokens, mask = left_padded(prompts)
+    logits, cache = forward(tokens, [], mask)
+    searches = [BeamSearch(num_beams, n_tokens, length_penalty, early_stopping, stop_at_eot) for _ in prompts]
+    for step in range(n_tokens):
+        model = log_softmax(logits[:, -1])  # [rows, n_vocab]: each search's running beams, search after search
+        origins, next_ids, first = [], [], 0
+        for prompt, search in [(p, s) for p, s in zip(prompts, searches) if not s.done]:
+            beams = model[first : first + len(search.tokens)]
+            processed = beams if controls == Controls() else np.stack(
+                [controls(prompt + ids, step, row) for ids, row in zip(search.tokens, beams)])
+
+            def extra(b, i, beams=beams, processed=processed):  # the Logprob kept beside token i of beam b
+                return token_logprob(beams[b], i, n_logprobs, processed[b, i])
+
+            continued = search.step(processed, extra if n_logprobs is not None else None)
+            if not search.done:
+                origins += list(first + continued)
+                next_ids += [ids[-1] for ids in search.tokens]
+            first += len(beams)
+        if not origins:
+            break
+        if mask is not None:
+            mask = np.concatenate([mask[origins], np.ones((len(origins), 1), dtype=bool)], axis=1)
+        logits, cache = forward(np.array(next_ids)[:, None], cache.take(origins, capacity=cache.n_past + 1), mask)
+    best = [hypothesis for search in searches for hypothesis in search.best(num_return_sequences)]
+    for step in range(max(len(ids) for _, ids, _ in best)):
+        yield [None if step >= len(ids) else ids[step] if n_logprobs is None else (ids[step], extras[step])
+               for _, ids, extras in best]
+
+
+def collect(steps, n_rows, with_logprobs):
+    """The rows of ids that steps yield -> [row, ...], or ([row, ...], [row's Logprobs, ...]) with_logprobs."""
+    rows, logprobs = [[] for _ in range(n_rows)], [[] for _ in range(n_rows)]
+    for step in steps:
+        for row, row_logprobs, token in zip(rows, logprobs, step):
+            if token is not None:
+                token_id, logprob = token if with_logprobs else (token, None)
+                row.append(token_id)
+                row_logprobs.append(logprob)
+    return (rows, logprobs) if with_logprobs else rows
 
 
 def slide(windows, full, next_ids, cache, mask, forward, n_ctx):

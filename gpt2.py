@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 import generation
-from decoding import EOT, check_sampling, sample, softmax  # noqa: F401 (EOT: gpt2.EOT)
+from beam import check_search
+from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, softmax  # noqa: F401 (EOT: gpt2.EOT)
 from kvcache import KVCache
 
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
@@ -263,7 +264,9 @@ def check_ids(ids, n_vocab):
 
 
 def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
-                    stop_at_eot=True, slide=False):
+                    stop_at_eot=True, slide=False, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None,
+                    min_new_tokens=0, num_beams=1, length_penalty=1.0, early_stopping=False, num_return_sequences=1,
+                    logprobs=None):
     """The tokens that follow `inputs`, step by step: a generator of ids, as soon as each is chosen.
 
     `inputs` is one prompt (a list of ids; each step yields an int) or a batch of prompts of any
@@ -273,36 +276,49 @@ def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=
     top_p filtering) with `rng`, a seed or np.random.Generator: the same seed gives the same tokens.
     `slide` lets a prompt plus n_tokens go beyond n_ctx: the prompt keeps its last n_ctx tokens and,
     whenever the window is full, generation continues from the most recent n_ctx // 2 tokens.
-    The arguments are checked here, before the first step.
+    HuggingFace's controls, with its names and meaning, apply before temperature, top_k and top_p, each
+    row seeing its whole prompt and what it generated (decoding.py): `repetition_penalty`,
+    `no_repeat_ngram_size`, `bad_words_ids` (a list of lists of ids), `min_new_tokens`.
+    `num_beams` above 1 is beam search (beam.py), with `length_penalty`, `early_stopping` (True, False or
+    "never"): its ids come only once the search is done. `num_return_sequences` rows continue each prompt,
+    one after another (a list for one prompt too): samples of one prompt, which is read once, or the best
+    beams. With `logprobs` N, each id comes as (id, decoding.Logprob): its log-prob under the model's raw
+    distribution, the N most likely tokens, and its log-prob as processed. All is checked before the first step.
     """
     batch = is_batch(inputs)
     prompts = [list(p) for p in inputs] if batch else [list(inputs)]
     n_ctx, n_vocab = params["wpe"].shape[0], params["wte"].shape[0]
     check_request(prompts, n_tokens, n_ctx, n_vocab, slide)
     check_sampling(temperature, top_k, top_p)
-    rng = np.random.default_rng(rng)
+    controls = Controls.checked(repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, n_vocab)
+    check_search(num_beams, length_penalty, early_stopping, num_return_sequences, temperature, slide)
+    check_logprobs(logprobs, n_vocab)
     forward = lambda tokens, kvcache, mask: gpt2(tokens, **params, n_head=n_head, kvcache=kvcache, mask=mask, last_only=True)
-    steps = generation.steps(prompts, forward, n_tokens, stop_at_eot, n_ctx,
-                             lambda logits: sample(logits, temperature, top_k, top_p, rng))
-    return steps if batch else (ids[0] for ids in steps)
+    if num_beams > 1:
+        steps = generation.beam_steps(prompts, forward, n_tokens, stop_at_eot, controls, num_beams, length_penalty,
+                                      early_stopping, num_return_sequences, logprobs)
+    else:
+        choose = chooser(controls, temperature, top_k, top_p, np.random.default_rng(rng))
+        steps = generation.steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose, num_return_sequences, logprobs)
+    return steps if batch or num_return_sequences > 1 else (ids[0] for ids in steps)
 
 
 def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
-             stop_at_eot=True, slide=False):
+             stop_at_eot=True, slide=False, **options):
     """The ids that follow `inputs`, as a new list (inputs is left unchanged); greedy by default.
 
     For a batch (a list of prompts of any lengths) a list of lists, row by row the ids each prompt
-    gives alone. A row that ends at <|endoftext|> includes it. Options as for generate_stream.
+    gives alone. A row that ends at <|endoftext|> includes it. Options as for generate_stream; with
+    `logprobs`, (ids, their decoding.Logprob records), the two of the same shape.
     """
-    steps = generate_stream(inputs, params, n_head, n_tokens, temperature, top_k, top_p, rng, stop_at_eot, slide)
-    if not is_batch(inputs):
-        return list(steps)
-    rows = [[] for _ in inputs]
-    for next_ids in steps:
-        for row, i in zip(rows, next_ids):
-            if i is not None:
-                row.append(i)
-    return rows
+    batch, with_logprobs = is_batch(inputs), options.get("logprobs") is not None
+    prompts = inputs if batch else [inputs]  # so that every step is a list
+    n_rows = len(prompts) * options.get("num_return_sequences", 1)
+    steps = generate_stream(prompts, params, n_head, n_tokens, temperature, top_k, top_p, rng, stop_at_eot, slide, **options)
+    out = generation.collect(steps, n_rows, with_logprobs)
+    if batch or n_rows > 1:
+        return out
+    return (out[0][0], out[1][0]) if with_logprobs else out[0]
 
 
 def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]

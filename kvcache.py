@@ -16,9 +16,9 @@ import numpy as np
 class _Buffers:
     """Preallocated k and v for every block, [B, n_head, capacity, d] each, and how much of them is claimed.
 
-    np.empty only reserves the memory: pages are touched, and count in the process's memory, as positions are
-    written; the capacity is kept within twice the positions held all the same, so a large batch never asks
-    for more address space than it will use.
+    The capacity is kept within twice the positions held: np.empty's pages count in the process's memory
+    only once touched, but NumPy asks for huge pages (2 MB) for arrays of 4 MB or more, and the first write
+    into one zeroes all of it.
     """
 
     def __init__(self, n_layer, batch_size, n_head, capacity, d):
@@ -88,16 +88,19 @@ class KVCache:
         buffers.claimed = n_past - start
         return buffers
 
-    def take(self, rows, start=0):
+    def take(self, rows, start=0, capacity=None):
         """A new cache of the given batch rows, in that order (repeats allowed), holding positions [start, n_past):
         [0, 0, 0] makes three copies of row 0's cache, to continue one prompt three ways; reordering rows is what
-        beam search needs; `start` drops positions that are padding in every row taken."""
+        beam search needs; `start` drops positions that are padding in every row taken. It has room for `capacity`
+        positions in all (default: as much as this cache's buffers): beam search, which takes its rows afresh
+        every step, asks for one more than it holds, as fresh pages are costly (huge pages make them 2 MB each)."""
         rows = np.asarray(rows, dtype=np.intp)
         if rows.ndim != 1 or len(rows) == 0 or rows.min() < -self.batch_size or rows.max() >= self.batch_size:
             raise ValueError(f"rows must be a non-empty list of row numbers below the batch size {self.batch_size}")
         if not 0 <= start <= self.n_past:
             raise ValueError(f"start must be from 0 to n_past ({self.n_past}), got {start}")
-        return KVCache(self._copy(self._buffers.capacity, rows, start), self.n_past - start)
+        capacity = self._buffers.capacity if capacity is None else max(capacity, self.n_past - start)
+        return KVCache(self._copy(capacity, rows, start), self.n_past - start)
 
     def __repr__(self):
         n_layer, batch_size, n_head, n_past, d = self.shape

@@ -1,5 +1,5 @@
 """Token ids -> printable text, for streaming: whole UTF-8 characters only, and stop strings matched
-across token boundaries.
+across token boundaries; and the table of their log-probs.
 """
 from gpt2 import EOT, generate_stream
 
@@ -47,10 +47,20 @@ def stream_text(ids, params, n_head, encoder, n_tokens=40, stop=(), stop_at_eot=
     """The continuation of one prompt as text pieces, yielded as they are produced (UTF-8 safe).
 
     It ends at <|endoftext|> (unless stop_at_eot is False) or just before the first of the `stop`
-    strings, matched on the decoded text across token boundaries. Other options as for generate.
+    strings, matched on the decoded text across token boundaries. Other options as for generate,
+    but one text, of ids alone: for log-probs, give generate_stream's ids and Logprobs to text_pieces.
     """
+    if options.get("logprobs") is not None or options.get("num_return_sequences", 1) != 1:
+        raise ValueError("stream_text makes one text from ids alone: for several, or with logprobs, call "
+                         "gpt2.generate_stream and give its ids to textstream.text_pieces")
+    tokens = generate_stream(ids, params, n_head, n_tokens, stop_at_eot=stop_at_eot, **options)
+    return text_pieces(tokens, encoder, stop, stop_at_eot)
+
+
+def text_pieces(token_ids, encoder, stop=(), stop_at_eot=True):
+    """Printable text pieces of these ids as they come, ending as stream_text's do; no more ids are taken then."""
     text = TextStream(encoder, stop, stop_at_eot)
-    for token_id in generate_stream(ids, params, n_head, n_tokens, stop_at_eot=stop_at_eot, **options):
+    for token_id in token_ids:
         piece = text.add(token_id)
         if piece:
             yield piece
@@ -63,5 +73,27 @@ def stream_text(ids, params, n_head, encoder, n_tokens=40, stop=(), stop_at_eot=
 
 def decode_text(ids, encoder, stop=(), stop_at_eot=True):
     """What stream_text would have printed for these ids, in one string."""
+    return "".join(text_pieces(ids, encoder, stop, stop_at_eot))
+
+
+def tokens_shown(ids, encoder, stop=(), stop_at_eot=True):
+    """How many of ids decode_text reads: all, or up to the one where the text ends (a stop string or <|endoftext|>)."""
     text = TextStream(encoder, stop, stop_at_eot)
-    return "".join(text.add(i) for i in ids) + text.flush()
+    for n, token_id in enumerate(ids, start=1):
+        text.add(token_id)
+        if text.done:
+            return n
+    return len(ids)
+
+
+def logprob_table(ids, logprobs, encoder):
+    """Generated ids and their decoding.Logprobs as a table, a line for each: the log-prob under the model, as
+    chosen (after the controls, temperature, top-k and top-p), and the model's most likely tokens at that step."""
+    token = lambda i: repr(encoder.decode([i]))
+    header = f"{'step':>4}  {'id':>6}  {'log-prob':>9}  {'as chosen':>9}  {'token':<16}"
+    lines = [header + "  most likely" * bool(logprobs[0].top)]
+    for step, (token_id, logprob) in enumerate(zip(ids, logprobs), start=1):
+        top = "  ".join(f"{token(i)} {value:.4f}" for i, value in logprob.top)
+        row = f"{step:>4}  {token_id:>6}  {logprob.logprob:>9.4f}  {logprob.processed:>9.4f}  {token(token_id):<16}  {top}"
+        lines.append(row.rstrip())
+    return "\n".join(lines)

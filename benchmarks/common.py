@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,31 @@ def spilled(tree, folder, name="params"):
     array = np.lib.format.open_memmap(Path(folder) / f"{name}.npy", mode="w+", dtype=tree.dtype, shape=tree.shape)
     array[...] = tree
     return array
+
+
+# ---- Measuring, for the benchmarks that start one process per engine
+
+def best_of(fn, repeats):
+    """(fastest of `repeats` calls of fn in seconds, fn's last result)."""
+    best, out = math.inf, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def thread_env(threads):
+    """The environment for a process of the benchmark: NumPy's and torch's thread pools at `threads` each."""
+    n = str(threads)
+    return {**os.environ, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+
+
+def markdown_table(header, rows):
+    """A Markdown table of strings, the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)])

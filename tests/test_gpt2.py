@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+import beam
 import decoding
+import generation
 import gpt2
 import kvcache
 import utils
@@ -119,7 +121,7 @@ def float64_arrays_in_forward_pass(run):
         elif isinstance(value, (np.ndarray, np.generic)):
             yield value
 
-    engine = {gpt2.__file__, kvcache.__file__, decoding.__file__}
+    engine = {gpt2.__file__, kvcache.__file__, decoding.__file__, generation.__file__, beam.__file__}
 
     def profiler(frame, event, arg):
         if event == "return" and frame.f_code.co_filename in engine:
@@ -143,6 +145,9 @@ def test_no_float64_anywhere_in_the_forward_pass(model):
         gpt2.generate(PROMPTS[0], params, hparams["n_head"], n_tokens=3)
         gpt2.generate([PROMPTS[0], PROMPTS[2]], params, hparams["n_head"], n_tokens=3, temperature=1.0, top_p=0.9)
         gpt2.score(PROMPTS[4], params, hparams["n_head"])
+        controls = dict(repetition_penalty=1.2, no_repeat_ngram_size=2, bad_words_ids=[[11]], min_new_tokens=2, logprobs=2)
+        gpt2.generate([PROMPTS[0], PROMPTS[2]], params, hparams["n_head"], n_tokens=3, temperature=0.8, top_k=5, **controls)
+        gpt2.generate(PROMPTS[0], params, hparams["n_head"], n_tokens=3, num_beams=3, length_penalty=0.5, **controls)
 
     assert float64_arrays_in_forward_pass(run) == []
 

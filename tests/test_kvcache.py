@@ -140,3 +140,17 @@ def test_last_only_carries_only_the_last_position_through_the_last_block(params,
     for (k1, v1), (k2, v2) in zip(cache_full, cache_last):
         np.testing.assert_array_equal(k1, k2)
         np.testing.assert_array_equal(v1, v2)
+
+
+def test_take_with_a_capacity_reorders_rows_and_goes_on(params):
+    """Beam search's step: rows reordered into buffers with room for one more position, continued through the cache."""
+    prompts = [[464, 3290, 318], [1332, 13, 2068]]
+    _, cache = gpt2.gpt2(prompts, **params, n_head=N_HEAD, kvcache=[])
+    taken = cache.take([1, 0, 1], capacity=cache.n_past + 1)
+    assert taken.n_past == 3 and taken._buffers.capacity == 4
+    logits, more = gpt2.gpt2([[11], [11], [257]], **params, n_head=N_HEAD, kvcache=taken)
+    assert np.shares_memory(more[0][0], taken[0][0])  # the new position went into the room left for it
+    for row, ids in zip(logits, (prompts[1] + [11], prompts[0] + [11], prompts[1] + [257])):
+        np.testing.assert_allclose(row[-1], logits_alone(params, ids), rtol=1e-4, atol=1e-4)
+    _, again = gpt2.gpt2([[5], [5], [5]], **params, n_head=N_HEAD, kvcache=more)  # full: a copy, with room for n_ctx
+    assert again.n_past == 5 and not np.shares_memory(again[0][0], more[0][0])
