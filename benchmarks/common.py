@@ -132,3 +132,21 @@ def markdown_table(header, rows):
                                            for i, (c, w) in enumerate(zip(cells, widths))) + " |"
     rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *map(line, rows)])
+
+
+def add_run_options(parser):
+    """--threads, --repeats, --models_dir and --tiny, as every engine benchmark takes them."""
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for every engine")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each workload; the best counts")
+    parser.add_argument("--models_dir", default=str(BENCH_DIR.relative_to(ROOT)),
+                        help="where the random checkpoints are kept, one folder per size (relative to the repo)")
+    parser.add_argument("--tiny", action="store_true", help="2 layers of n_embd 64 instead of GPT-2's shapes, kept "
+                        "in <models_dir>/tiny/: the whole run in seconds, for the tests")
+
+
+def check_run_options(parser, args):
+    """The options add_run_options made, checked; models_dir becomes the folder the checkpoints are kept in."""
+    if args.threads < 1 or args.repeats < 1:
+        parser.error("--threads and --repeats must be at least 1")
+    args.models_dir = ROOT / args.models_dir / ("tiny" if args.tiny else "")
+    return args

@@ -31,7 +31,8 @@ import sys
 import time
 
 import utils
-from benchmarks.common import BENCH_DIR, ROOT, SHAPES, data_bytes, ensure_checkpoint
+from benchmarks.common import (ROOT, SHAPES, add_run_options, check_run_options, data_bytes, ensure_checkpoint,
+                               markdown_table, thread_env)
 from benchmarks.workers import BATCH, N_NEW, N_STEPS, SCORE_TOKENS
 from kvcache import kv_cache_bytes
 
@@ -42,13 +43,6 @@ WORKLOADS = ("decode", "ttft", "decode_short", "decode_deep", "score", "batch")
 TARGETS = dict(decode=2.0, ttft=0.9, decode_deep=2.0, deep_vs_short=0.8, score=1.2, batch=2.0, cold_start=0.5,
                rss=1.2, gemv=0.75, sgemm=0.70)
 PARTS = ("linear", "unembed", "attention", "gelu", "layer_norm")
-
-
-def thread_env(threads):
-    """The environment of every process it starts: each of NumPy's and torch's thread pools at `threads`."""
-    n = str(threads)
-    return {**os.environ, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n,
-            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 
 
 def run(command, threads):
@@ -104,15 +98,6 @@ def fmt(value, unit=""):
 def row(workload, ours, hf=None, textbook=None, ratio=None, target="report", met=None):
     met = "—" if met is None else "yes" if met else "NO"
     return [workload, fmt(ours), fmt(hf), fmt(textbook), fmt(ratio, "x"), target, met]
-
-
-def table(header, rows):
-    """A Markdown table, first column left-aligned, the others right-aligned."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(header), rule, *map(line, rows)])
 
 
 def seconds(report, name):
@@ -232,14 +217,14 @@ def blas():
     return f"{info.get('name', '?')} {info.get('version', '')}".strip()
 
 
-def profile_table(report):
+def profile_markdown_table(report):
     header = ["workload (s of one run)", "total", *PARTS, "rest"]
     rows = []
     for name, parts in report.items():
         rest = parts["seconds"] - sum(parts.get(p, 0) for p in PARTS)
         rows.append([name, fmt(parts["seconds"]), *(f"{parts.get(p, 0) / parts['seconds']:.0%}" for p in PARTS),
                      f"{rest / parts['seconds']:.0%}"])
-    return table(header, rows)
+    return markdown_table(header, rows)
 
 
 def parse_args(argv):
@@ -247,12 +232,7 @@ def parse_args(argv):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--sizes", default="124M", help="comma-separated sizes; 124M runs every workload, the "
                         "others decoding (and 1558M its peak RSS)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for every engine")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each workload; the best counts")
-    parser.add_argument("--models_dir", default=str(BENCH_DIR.relative_to(ROOT)),
-                        help="where the random checkpoints are kept, one folder per size (relative to the repo)")
-    parser.add_argument("--tiny", action="store_true", help="every size 2 layers of n_embd 64 instead, kept in "
-                        "<models_dir>/tiny/: the whole run in seconds, for the test")
+    add_run_options(parser)
     parser.add_argument("--profile", action="store_true", help="instead, where our engine's time goes on 124M")
     args = parser.parse_args(argv)
     args.sizes = args.sizes.split(",")
@@ -260,10 +240,7 @@ def parse_args(argv):
         parser.error(f"unknown size {unknown[0]!r}: choose from {', '.join(SHAPES)}")
     if "124M" not in args.sizes:
         parser.error("--sizes must include 124M, which runs every workload")
-    if args.threads < 1 or args.repeats < 1:
-        parser.error("--threads and --repeats must be at least 1")
-    args.models_dir = ROOT / args.models_dir / ("tiny" if args.tiny else "")
-    return args
+    return check_run_options(parser, args)
 
 
 def main(argv=None):
@@ -277,7 +254,7 @@ def main(argv=None):
     if args.profile:
         report = run_worker("profile", model_dirs["124M"], WORKLOADS, args)["profile"]
         print(f"where the time goes, share of each workload's time (ours, {args.threads} threads):\n")
-        print(profile_table(report))
+        print(profile_markdown_table(report))
         return
     runs, bounds = {}, {}
     for size, model_dir in model_dirs.items():
@@ -290,9 +267,9 @@ def main(argv=None):
     hparams = utils.load_hparams(model_dirs[args.sizes[-1]] / "hparams.json")
     kv = kv_cache_bytes(hparams["n_layer"], hparams["n_embd"], 1, hparams["n_ctx"])
     print(machine(runs, bounds, args))
-    print(table(["workload", "ours", "HF", "textbook", "ratio", "target", "met"], rows))
+    print(markdown_table(["workload", "ours", "HF", "textbook", "ratio", "target", "met"], rows))
     print()
-    print(table(["bound", "ours", "bound", "of bound", "target", "met"], bound_rows(runs, bounds, args)))
+    print(markdown_table(["bound", "ours", "bound", "of bound", "target", "met"], bound_rows(runs, bounds, args)))
     print()
     print(f"KV cache at n_ctx ({hparams['n_ctx']} positions, batch 1) for {args.sizes[-1]}: {kv / 1e6:,.1f} MB; "
           f"the weights: {data_bytes(TINY if args.tiny else SHAPES[args.sizes[-1]]) / 1e6:,.0f} MB")

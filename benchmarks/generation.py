@@ -15,14 +15,14 @@ Targets (issue 14): beams in at most 2.5x our greedy time, and in at most half H
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 
 import utils
-from benchmarks.common import BENCH_DIR, ROOT, best_of, ensure_checkpoint, markdown_table, thread_env
+from benchmarks.common import (ROOT, add_run_options, best_of, check_run_options, ensure_checkpoint, markdown_table,
+                               thread_env)
 
 N_NEW, BEAMS, SAMPLES, LONG_PROMPT = 40, 4, 8, 500
 TINY = dict(n_vocab=50257, n_ctx=1024, n_embd=64, n_head=4, n_layer=2)  # for the test: every workload in seconds
@@ -117,19 +117,10 @@ def rows(ours, hf):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for every engine")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each workload; the best counts")
-    parser.add_argument("--models_dir", default=str(BENCH_DIR.relative_to(ROOT)),
-                        help="where the random checkpoints are kept (relative to the repo)")
-    parser.add_argument("--tiny", action="store_true", help="2 layers of n_embd 64 instead of 124M, kept in "
-                        "<models_dir>/tiny/: the whole run in seconds, for the test")
+    add_run_options(parser)
     parser.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--model_dir", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1:
-        parser.error("--threads and --repeats must be at least 1")
-    args.models_dir = ROOT / args.models_dir / ("tiny" if args.tiny else "")
-    return args
+    return check_run_options(parser, parser.parse_args(argv))
 
 
 def main(argv=None):
