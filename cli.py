@@ -16,6 +16,7 @@ import interactive
 import lens_html
 from encoder import MODEL_SIZES
 from gpt2 import generate_stream, score
+from kvcache import kv_cache_bytes
 from generation import collect
 from textstream import decode_text, logprob_table, text_pieces, tokens_shown
 
@@ -230,14 +231,15 @@ def generation_bytes(n_rows, width, n_tokens, hparams):  # [n_rows, width] promp
     """About how much memory generating takes beyond the weights: n_rows prompts padded to `width` tokens.
 
     The peak of this engine, all float32 (4 bytes), with n_positions = min(width + n_tokens, n_ctx):
-    - the KV cache [n_layer, 2, n_rows, n_positions, n_embd], twice: each step copies it one position longer;
+    - the KV cache [n_layer, 2, n_rows, n_positions, n_embd], twice: when full it is copied into room twice
+      its size (kvcache.py), and old and new are both held during the copy;
     - the prompt's activations in one block, [n_rows, width, about 20 * n_embd] (qkv, the MLP's 4 * n_embd
       and GELU's temporaries of that size), and one block of attention scores [n_rows, n_head, <= 128, width];
-    - the logits [n_rows, n_vocab], three times: the last step's, this step's product and its sum with the bias.
+    - the logits [n_rows, n_vocab], three times: the last step's, this step's, and the chooser's working copy.
     """
     width = min(width, hparams["n_ctx"])
     n_positions = min(width + n_tokens, hparams["n_ctx"])
-    kvcache = 2 * hparams["n_layer"] * 2 * n_rows * n_positions * hparams["n_embd"]
+    kvcache = 2 * kv_cache_bytes(hparams["n_layer"], hparams["n_embd"], n_rows, n_positions) // 4
     prefill = n_rows * width * (20 * hparams["n_embd"] + hparams["n_head"] * min(width, 128))
     logits = 3 * n_rows * hparams["n_vocab"]
     return 4 * (kvcache + prefill + logits)

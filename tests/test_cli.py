@@ -195,3 +195,13 @@ def test_verify_flag(tiny_dir, tmp_path):
     data.write_bytes(bytes(raw))
     assert run_cli("hi", "--n_tokens", 2, "--models_dir", tmp_path).returncode == 0  # not checked unless asked
     assert_clean_error(run_cli("hi", "--verify", "--models_dir", tmp_path), "fails its crc32c check")
+
+
+def test_one_thread_gives_the_same_text(tiny_dir):
+    """The engine spreads work over OpenBLAS's threads only; with one thread it runs the same and says the same."""
+    prompt = "Alan Turing theorized that computers would one day become"
+    default = run_cli(prompt, "--n_tokens", 12, "--models_dir", tiny_dir)
+    one = run_cli(prompt, "--n_tokens", 12, "--models_dir", tiny_dir,
+                  env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0 and default.returncode == 0, one.stderr
+    assert one.stdout == default.stdout
