@@ -132,10 +132,11 @@ def slide(windows, full, next_ids, cache, mask, forward, n_ctx):
 def left_padded(rows):
     """Rows of ids of any lengths -> (tokens [B, width], mask [B, width] False at padding, or None if none is).
 
-    [[1, 2, 3], [4]] -> ([[1, 2, 3], [EOT, EOT, 4]], [[True, True, True], [False, False, True]])
+    [[1, 2, 3], [4]] -> ([[1, 2, 3], [0, 0, 4]], [[True, True, True], [False, False, True]])
+    The padding is id 0, which every vocabulary has; it is never attended to, so any id would do.
     """
     width = max(map(len, rows))
-    tokens = np.array([[EOT] * (width - len(row)) + list(row) for row in rows])
+    tokens = np.array([[0] * (width - len(row)) + list(row) for row in rows])
     if all(len(row) == width for row in rows):
         return tokens, None
     return tokens, np.array([[False] * (width - len(row)) + [True] * len(row) for row in rows])

@@ -297,3 +297,12 @@ def test_slide_goes_past_the_context(eot_model, n_prompt):
         gpt2.generate(prompt, params, hparams["n_head"], n_tokens=n_tokens)
     out = gpt2.generate(prompt, params, hparams["n_head"], n_tokens=n_tokens, slide=True, stop_at_eot=False)
     assert out == naive_sliding_greedy(prompt, params, hparams["n_head"], n_tokens)
+
+
+def test_a_batch_of_a_small_vocabulary_pads_with_an_id_it_has():
+    """A model whose vocabulary stops below 50,256 (a fine-tune's own tokenizer) still takes ragged batches."""
+    hparams = dict(SHAPES["tiny"], n_vocab=400)
+    params = random_params(hparams, seed=2)
+    prompts = [[5, 17, 300, 2], [399], [42, 7]]
+    rows = gpt2.generate(prompts, params, hparams["n_head"], n_tokens=6)
+    assert rows == [gpt2.generate(p, params, hparams["n_head"], n_tokens=6) for p in prompts]
