@@ -1,49 +1,33 @@
-"""Download OpenAI's GPT-2 files, built to survive home networks (files of 0.5 to 6 GB).
+"""Downloads built to survive home networks (files of 0.5 to 6 GB): OpenAI's (openai_files.py) and the hub's (hub.py).
 
 - each file streams into `<file>.part` and takes its final name only when its size matches the server's
-  and its MD5 matches when the server sends one (Content-MD5, or Azure's x-ms-blob-content-md5);
+  and its MD5 matches when the server sends one (Content-MD5, or Azure's x-ms-blob-content-md5), or a
+  caller's own check (the hub's SHA-256);
 - a `.part` left by a broken or interrupted run is continued with an HTTP Range request;
 - timeouts, broken connections and 5xx answers are retried with exponential backoff, resuming;
-- `checkpoint` lands last, after every tensor passed its crc32c check (checkpoint.verify) and its shape
-  matched hparams.json, so a folder that model_is_present() accepts was checked whole; a corrupt download
-  is deleted, not kept;
-- a name that does not resolve (offline) is final after one retry; a folder that lacks only the vocab
-  (encoder.json, vocab.bpe) needs no network: the repo ships it in vocab/, and it is copied in;
+- a name that does not resolve (offline) is final after one retry, a refused connection at once;
 - one process at a time downloads into a folder (an fcntl lock); the others wait, then find it there.
-
-`python utils.py download` is the command line for it.
 """
 import base64
 import contextlib
 import hashlib
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import checkpoint
-from encoder import VOCAB_DIR, check_model_size
 
 try:
     import fcntl
-except ImportError:  # Windows: downloads go unlocked, see model_lock
+except ImportError:  # Windows: downloads go unlocked, see file_lock
     fcntl = None
-
-FILENAMES = (
-    "checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
-    "model.ckpt.index", "model.ckpt.meta", "vocab.bpe",
-)
-# Where download_gpt2_files fetches from unless told otherwise; GPT2_BASE_URL overrides it (mirrors, tests).
-BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 
 TIMEOUT = (10, 30)  # seconds to connect, and to wait for each next piece of a body
 ATTEMPTS = 5  # tries in a row that may fail before a download gives up; a try that brings bytes restarts the count
 BACKOFF = 1.0  # seconds before the first retry; each further retry in a row waits twice as long
 CHUNK = 1 << 16
-VOCAB = ("encoder.json", "vocab.bpe")  # the same for every size, shipped in vocab/
-LOCK_NAME = "download.lock"
 
 
 class DownloadError(OSError):
@@ -60,65 +44,6 @@ class DownloadInterrupted(KeyboardInterrupt):
 
 class TransientError(Exception):
     """A failed try that another may fix (5xx, a body cut short); download_file retries it."""
-
-
-def download_gpt2_files(model_size, model_dir, base_url=None, *, check=None, timeout=TIMEOUT, attempts=ATTEMPTS,
-                        backoff=BACKOFF, quiet=False):
-    """Fetch the files of `model_size` that model_dir lacks, check the checkpoint; return the names fetched.
-
-    Files come from <base_url>/<model_size>/<name>: base_url, else $GPT2_BASE_URL, else OpenAI's BASE_URL.
-    `checkpoint` is fetched last, after every tensor passed its crc32c check, so the folder counts as
-    present only once it was checked whole (it is removed first if anything else is missing). A corrupt
-    index or data file is deleted and a CorruptDownloadError says so. `check(prefix)`, if given, runs
-    after the crc32c check and raises a ValueError when the tensors do not fit hparams.json (utils.py
-    passes its shape check); hparams.json is then deleted, the odd one out since the index and data
-    passed their checksums. A folder that lacks only encoder.json and vocab.bpe gets the shipped ones
-    (returning []). A second process downloading into the same folder waits for the first and then
-    finds the files there (returning []). `quiet` turns off the progress bars and notes on stderr.
-    """
-    import requests
-
-    check_model_size(model_size)
-    base_url = (base_url or os.environ.get("GPT2_BASE_URL") or BASE_URL).rstrip("/")
-    model_dir = Path(model_dir)
-    if model_is_present(model_dir):  # asked again below, under the lock; this spares a read-only folder the lock
-        return []
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with model_lock(model_dir, quiet), requests.Session() as session:
-        missing = [name for name in FILENAMES if not (model_dir / name).is_file()]
-        if set(missing) <= set(VOCAB):  # another process finished it while this one waited, or it lacks only the vocab
-            copy_vocab(model_dir, missing)
-            return []
-        (model_dir / "checkpoint").unlink(missing_ok=True)
-        names = [name for name in missing if name != "checkpoint"]
-        for name in [*names, "checkpoint"]:
-            if name == "checkpoint":
-                verify_download(model_dir, quiet, check)
-            try:
-                download_file(f"{base_url}/{model_size}/{name}", model_dir / name, timeout=timeout,
-                              attempts=attempts, backoff=backoff, quiet=quiet, session=session)
-            except CorruptDownloadError:
-                raise
-            except DownloadError as e:
-                raise DownloadError(
-                    f"{e}; if this machine is offline, run `python utils.py download --model_size {model_size}` on "
-                    f"one with a network and copy the {model_size} folder it fills into {model_dir.parent}/ here, "
-                    f"or point --models_dir at the folder that holds that copy"
-                ) from None
-    return [*names, "checkpoint"]
-
-
-def copy_vocab(model_dir, names):
-    """Copy these of encoder.json and vocab.bpe from the repo's vocab/ into model_dir (via .part, then renamed)."""
-    for name in names:
-        part = Path(model_dir) / f"{name}.part"
-        shutil.copyfile(VOCAB_DIR / name, part)
-        os.replace(part, Path(model_dir) / name)
-
-
-def model_lock(model_dir, quiet=False):
-    """Hold model_dir/download.lock while downloading into model_dir (see file_lock)."""
-    return file_lock(Path(model_dir) / LOCK_NAME, f"downloading into {model_dir}", quiet)
 
 
 @contextlib.contextmanager
@@ -332,45 +257,6 @@ def discard(part, problem):
     raise CorruptDownloadError(f"{problem}; {part} was deleted, so running the same command again downloads it afresh")
 
 
-def verify_download(model_dir, quiet=False, check=None):
-    """checkpoint.verify on a fresh download, then check(prefix) if given (the shapes against hparams.json).
-
-    If the checksums fail, the index and data file are deleted; if check fails, hparams.json is; then an error says so.
-    """
-    prefix = Path(model_dir) / "model.ckpt"  # the prefix OpenAI's `checkpoint` names, which lands after this
-    try:
-        verify_checkpoint(prefix, quiet)
-    except checkpoint.CheckpointError as e:
-        for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001"):
-            (Path(model_dir) / name).unlink(missing_ok=True)
-        problem = str(e).removesuffix(checkpoint.redownload(prefix)).rstrip(":; ")
-        raise CorruptDownloadError(
-            f"the checkpoint downloaded into {model_dir} is corrupt ({problem}); its index and data file were "
-            f"deleted, so running the same command again downloads them afresh"
-        ) from None
-    if check is None:
-        return
-    try:
-        check(prefix)
-    except ValueError as e:
-        (Path(model_dir) / "hparams.json").unlink(missing_ok=True)
-        raise CorruptDownloadError(
-            f"the checkpoint downloaded into {model_dir} does not fit its hparams.json ({e}); the tensors passed their "
-            f"checksums, so hparams.json was deleted, and running the same command again downloads it afresh"
-        ) from None
-
-
-def verify_checkpoint(prefix, quiet=False):
-    """checkpoint.verify with a progress bar over the data file's bytes; returns the number of bytes checked."""
-    from tqdm import tqdm
-
-    data = Path(checkpoint.data_path(prefix, 0, 1))
-    total = data.stat().st_size if data.is_file() else None
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"checking {data.name}", disable=quiet)
-    with bar:
-        return checkpoint.verify(str(prefix), bar.update)
-
-
 def failure_reason(e):
     """A few words for a failed try, instead of a requests exception's nested repr."""
     import requests
@@ -427,11 +313,3 @@ def say(message, quiet=False):
 
     if not quiet:
         tqdm.write(message, file=sys.stderr)
-
-
-def model_is_present(model_dir):
-    """True when every file is in place under its final name (a .part file never counts).
-
-    download_gpt2_files puts `checkpoint` in place last, after checking every tensor.
-    """
-    return all((Path(model_dir) / name).is_file() for name in FILENAMES)

@@ -27,7 +27,7 @@ import encoder as bpe
 import hf_checkpoint
 import hf_tokenizer
 import hub
-from download import BASE_URL, FILENAMES, download_gpt2_files, model_is_present, verify_checkpoint
+from openai_files import BASE_URL, FILENAMES, download_gpt2_files, model_is_present, verify_checkpoint
 from encoder import MODEL_SIZES, check_model_size
 
 HPARAMS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")

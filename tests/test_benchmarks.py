@@ -3,7 +3,7 @@ figure is a number, and the engines agree. Nothing here asserts a speed: timings
 import subprocess
 import sys
 
-import download
+import openai_files
 from benchmarks.workers import prefill_flops
 from conftest import ROOT
 
@@ -48,7 +48,7 @@ def test_engine_benchmark_end_to_end(tmp_path):
     assert len(bounds) == 2, result.stdout
     for label in bounds:  # ours, bound, of bound, target, met
         assert number(rows[label][0]) > 0 and number(rows[label][1]) > 0 and rows[label][-1] in ("yes", "NO")
-    assert download.model_is_present(tmp_path / "tiny" / "124M")  # the cached checkpoint, in OpenAI's layout
+    assert openai_files.model_is_present(tmp_path / "tiny" / "124M")  # the cached checkpoint, in OpenAI's layout
     assert "threads: 2 each" in result.stdout or "threads: 1 each" in result.stdout
     # The same weights give the same greedy tokens, and the same score, in every engine.
     for name in ("decode", "ttft", "decode_short", "decode_deep"):

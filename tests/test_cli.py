@@ -3,12 +3,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import download
+import openai_files
 import gpt2
 import textstream
 import utils
@@ -78,7 +77,7 @@ def test_weights_missing_and_no_network(tmp_path):
     assert_clean_error(result, "could not download", "`python utils.py download --model_size 124M`",
                        f"into {tmp_path}/", "--models_dir")
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not download.model_is_present(tmp_path / "124M")
+    assert not openai_files.model_is_present(tmp_path / "124M")
     assert list((tmp_path / "124M").iterdir()) == []
 
 

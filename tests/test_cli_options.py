@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import cli
+import cli_options
 import decoding
 from conftest import ROOT
 from test_cli import assert_clean_error, run_cli
@@ -44,7 +45,7 @@ def test_the_readme_stop_example_ends_before_the_first_newline(newline_model):
 @pytest.mark.parametrize("text, stop", [(r"a\nb", "a\nb"), (r"\t", "\t"), (r"\r\n", "\r\n"), (r"C:\\x", "C:\\x"),
                                         ("plain é", "plain é")])
 def test_stop_escapes(text, stop):
-    assert cli.stop_string(text) == stop
+    assert cli_options.stop_string(text) == stop
 
 
 @pytest.mark.parametrize("stop, message", [(r"\q", r"unknown escape \q"), ("x\\", "unknown escape \\:"),

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import download
+import openai_files
 import utils
 from conftest import ROOT, SHAPES
 
@@ -168,22 +169,22 @@ def tiny_dir(checkpoints):
 
 
 def download_model(server, models_dir, **options):
-    return download.download_gpt2_files("124M", Path(models_dir) / "124M", server.url, **{**FAST, **options})
+    return openai_files.download_gpt2_files("124M", Path(models_dir) / "124M", server.url, **{**FAST, **options})
 
 
 def assert_complete(model_dir, source):
     """model_dir holds the seven files (nothing else: no .part, no lock), each byte for byte the served one."""
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted(download.FILENAMES)
-    for name in download.FILENAMES:
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(openai_files.FILENAMES)
+    for name in openai_files.FILENAMES:
         assert (model_dir / name).read_bytes() == (source / name).read_bytes(), name
-    assert download.model_is_present(model_dir)
+    assert openai_files.model_is_present(model_dir)
 
 
 def assert_not_complete(model_dir):
     """Nothing that a later load takes as a complete model, and no lock left behind."""
-    assert not download.model_is_present(model_dir)
+    assert not openai_files.model_is_present(model_dir)
     assert not (model_dir / "checkpoint").exists()
-    assert not (model_dir / download.LOCK_NAME).exists()
+    assert not (model_dir / openai_files.LOCK_NAME).exists()
 
 
 def write_part(model_dir, source, name, size, flip=None):
@@ -197,9 +198,9 @@ def write_part(model_dir, source, name, size, flip=None):
 
 def test_download_then_load(server, tmp_path, source):
     fetched = download_model(server, tmp_path)
-    assert fetched == [name for name in download.FILENAMES if name != "checkpoint"] + ["checkpoint"]
+    assert fetched == [name for name in openai_files.FILENAMES if name != "checkpoint"] + ["checkpoint"]
     assert_complete(tmp_path / "124M", source)
-    assert sorted(server.log) == sorted((name, None, 200) for name in download.FILENAMES)
+    assert sorted(server.log) == sorted((name, None, 200) for name in openai_files.FILENAMES)
     _, hparams, params = utils.load_encoder_hparams_and_params("124M", tmp_path)
     assert hparams == SHAPES["tiny"]
 
@@ -214,7 +215,7 @@ def test_a_present_model_is_not_fetched_again(server, tmp_path):
 def test_a_part_file_never_counts_as_present(tmp_path, source):
     shutil.copytree(source, tmp_path / "124M")
     (tmp_path / "124M" / DATA).rename(tmp_path / "124M" / f"{DATA}.part")
-    assert not download.model_is_present(tmp_path / "124M")
+    assert not openai_files.model_is_present(tmp_path / "124M")
 
 
 def test_a_folder_missing_its_data_file_is_checked_before_it_counts(server, tmp_path, source):
@@ -278,7 +279,7 @@ def test_a_refused_connection_fails_at_once(tmp_path):
         url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again before the download: nothing listens
     began = time.monotonic()
     with pytest.raises(download.DownloadError, match="connection refused"):
-        download.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, backoff=10, quiet=True)
+        openai_files.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, backoff=10, quiet=True)
     assert time.monotonic() - began < 5
     assert list((tmp_path / "124M").iterdir()) == []
 
@@ -431,7 +432,7 @@ def test_two_processes_downloading_the_same_model(server, tmp_path, source):
     code, stdout, stderr = finish(second, tmp_path, "second")
     assert code == 0, stderr
     assert "another process is downloading into" in stderr and "already holds GPT-2 124M" in stdout
-    assert sorted(name for name, _, _ in server.log) == sorted(download.FILENAMES)  # each file fetched once
+    assert sorted(name for name, _, _ in server.log) == sorted(openai_files.FILENAMES)  # each file fetched once
     assert_complete(tmp_path / "124M", source)
 
 
@@ -476,7 +477,7 @@ def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source
 def test_cli_help_shows_defaults():
     result = run_cli("download", "--help")
     assert result.returncode == 0
-    for default in ("(default: 124M)", "(default: models)", f"(default: {download.BASE_URL})"):
+    for default in ("(default: 124M)", "(default: models)", f"(default: {openai_files.BASE_URL})"):
         assert default in result.stdout
     assert "(default: models)" in run_cli("verify", "--help").stdout
 
@@ -526,7 +527,7 @@ UNRESOLVABLE = "http://gpt2-models.invalid"  # .invalid never resolves (RFC 6761
 
 def test_a_name_that_does_not_resolve_is_final_after_one_retry(tmp_path):
     with pytest.raises(download.DownloadError) as e:
-        download.download_gpt2_files("124M", tmp_path / "124M", UNRESOLVABLE, attempts=5, backoff=0.01, quiet=True)
+        openai_files.download_gpt2_files("124M", tmp_path / "124M", UNRESOLVABLE, attempts=5, backoff=0.01, quiet=True)
     assert "the server's name does not resolve (is the network down?), 2 tries in a row" in str(e.value)
     assert list((tmp_path / "124M").iterdir()) == []
 
@@ -550,7 +551,7 @@ def test_a_folder_without_the_vocab_runs_offline(tiny_dir, tmp_path):
     assert result.stdout == run_gpt2("Alan Turing", "--n_tokens", 5, "--models_dir", tiny_dir, base_url=UNRESOLVABLE).stdout
     for name in ("encoder.json", "vocab.bpe"):
         assert (tmp_path / "124M" / name).read_bytes() == (ROOT / "vocab" / name).read_bytes()
-    assert download.model_is_present(tmp_path / "124M")
+    assert openai_files.model_is_present(tmp_path / "124M")
 
 
 def test_an_hparams_json_that_does_not_fit_is_deleted_before_the_checkpoint_lands(tiny_dir, tmp_path):

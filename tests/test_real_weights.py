@@ -1,13 +1,13 @@
 """Known answers from OpenAI's real 124M weights; they run only when models/124M holds them."""
 import pytest
 
-import download
+import openai_files
 import gpt2
 import utils
 from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(
-    not download.model_is_present(ROOT / "models" / "124M"),
+    not openai_files.model_is_present(ROOT / "models" / "124M"),
     reason="OpenAI's 124M weights are not in models/124M (python gpt2.py downloads them)",
 )
 
