@@ -210,3 +210,16 @@ def test_forward_pass_rejects_bad_ids(model, inputs, message):
     hparams, params, _ = model
     with pytest.raises(ValueError, match=message):
         gpt2.gpt2(inputs, **params, n_head=hparams["n_head"])
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 8, 9])
+def test_unembed_in_slices_equals_one_product(n_rows):
+    """unembed's faster paths (a matrix-vector product a row and a slice, or a product a slice) give the
+    logits of the one plain product x @ wte.T."""
+    rng = np.random.default_rng(n_rows)
+    wte = rng.standard_normal((gpt2.VOCAB_BLOCK * 2 + 17, 32), dtype=np.float32)  # a last slice that is not full
+    x = rng.standard_normal((n_rows, 32), dtype=np.float32)
+    logits = gpt2.unembed(x, wte)
+    assert logits.shape == (n_rows, len(wte)) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, x @ wte.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gpt2.unembed(x[None], wte)[0], logits, rtol=1e-6, atol=1e-6)  # any leading axes
