@@ -1,5 +1,6 @@
 """The forward pass and greedy decoding against HuggingFace transformers on the same weights."""
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -223,3 +224,18 @@ def test_unembed_in_slices_equals_one_product(n_rows):
     assert logits.shape == (n_rows, len(wte)) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, x @ wte.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gpt2.unembed(x[None], wte)[0], logits, rtol=1e-6, atol=1e-6)  # any leading axes
+
+
+def test_gelu_by_exp_is_gpt2s_tanh_gelu():
+    """x / (1 + exp(-2u)) is 0.5 x (1 + tanh(u)): equal to the textbook form (in float64) over a wide range, with
+    no overflow warning where exp(-2u) is inf, and the same in blocks of rows as on one row."""
+    x = np.concatenate([np.linspace(-100, 100, 20001), [-1e4, 1e4, 0.0]]).astype(np.float32)
+    textbook = 0.5 * x.astype(np.float64) * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x.astype(np.float64) ** 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = gpt2.gelu(x[None])[0]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, textbook, rtol=1e-5, atol=1e-6)
+    rows = np.random.default_rng(0).standard_normal((3 * gpt2.ROWS // 100 + 5, 100), dtype=np.float32) * 5
+    assert rows.size > gpt2.ROWS  # several blocks
+    np.testing.assert_array_equal(gpt2.gelu(rows), np.concatenate([gpt2.gelu(r[None]) for r in rows]))
