@@ -358,3 +358,9 @@ def test_missing_vocab_file(tmp_path):
 def test_load_encoder_from_copies(tmp_path, enc):
     copy = encoder.load_encoder(*copy_vocab(tmp_path))
     assert copy.ranks == enc.ranks and copy.special_tokens == enc.special_tokens
+
+
+def test_the_shipped_merges_are_what_the_ids_say(enc):
+    """get_encoder skips reading vocab.bpe for the pinned files; this reads and checks every merge of them."""
+    checked = encoder.load_encoder(encoder.VOCAB_DIR / "encoder.json", encoder.VOCAB_DIR / "vocab.bpe", check_hashes=False)
+    assert checked.ranks == enc.ranks and checked.special_tokens == enc.special_tokens
