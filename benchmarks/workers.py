@@ -217,7 +217,7 @@ def bounds(hparams, params, repeats):
     def one_token():
         for w in matrices(params):
             vectors.setdefault(w.shape[0], np.ones((1, w.shape[0]), dtype=np.float32)) @ w
-    gemv_seconds, _ = best_of(one_token, max(repeats, 5))
+    gemv_seconds, _ = best_of(one_token, max(repeats, 10))
     n_seq = inputs(hparams["n_vocab"], hparams["n_ctx"])["long"].__len__()
     block = list(matrices(params))[:4]
     rows = {w.shape[0]: np.ones((n_seq, w.shape[0]), dtype=np.float32) for w in block}
