@@ -4,8 +4,9 @@ next call reads only the new tokens (openai/gpt-2's `past`, kept in preallocated
 A cache is a value: gpt2() never changes the cache it is given, it returns a new one with the new
 positions added. The new positions go into spare room at the end of the same buffers when no other
 cache has claimed that room yet (the usual case: each step continues the cache the step before made),
-and into a fresh copy otherwise. So a cache of a shared prefix can be kept and continued twice, and
-decoding at a long context writes one position per step instead of copying the whole cache.
+and into a fresh copy otherwise, with room for twice the positions it holds (so the room doubles as a
+text grows). So a cache of a shared prefix can be kept and continued twice, and decoding writes one
+position a step, copying the whole cache only when the room runs out.
 
     cache[i]      block i's (k, v), each [B, n_head, n_past, n_embd/n_head] float32, read-only views
     len(cache)    n_layer;  cache.n_past: positions held;  cache.batch_size: B
