@@ -4,7 +4,7 @@ It knows log-probabilities and token ids only; generation.beam_steps runs the mo
 Each step, for num_beams beams:
 - every continuation of every running beam scores the beam's score plus the token's (processed) log-prob, and
   the best 2 * num_beams of them are candidates, best first;
-- a candidate that ends (with <|endoftext|>, or as the n_tokens-th token) becomes a hypothesis only if it is
+- a candidate that ends (with the end token, <|endoftext|>, or as the n_tokens-th token) becomes a hypothesis only if it is
   among the first num_beams: its score is then sum / length ** length_penalty (length counts the generated
   tokens, <|endoftext|> included), and the num_beams best hypotheses are kept;
 - the num_beams best candidates that do not end run on;
@@ -20,9 +20,9 @@ from decoding import EOT, is_number, is_whole, top_indices
 
 
 class BeamSearch:
-    def __init__(self, num_beams, n_tokens, length_penalty=1.0, early_stopping=False, stop_at_eot=True):
+    def __init__(self, num_beams, n_tokens, length_penalty=1.0, early_stopping=False, eos=EOT):
         self.num_beams, self.n_tokens, self.length_penalty = num_beams, n_tokens, length_penalty
-        self.early_stopping, self.stop_at_eot = early_stopping, stop_at_eot
+        self.early_stopping, self.eos = early_stopping, eos  # eos: the token that ends a beam, None for none
         self.tokens, self.extras = [[]], [[]]  # of each running beam: one, the prompt, until the first step
         self.scores = np.zeros(1, dtype=np.float32)  # [n_running] sums of processed log-probs, best first
         self.hypotheses = []  # [(score, tokens, extras)], best first, at most num_beams
@@ -38,7 +38,7 @@ class BeamSearch:
         totals = (logprobs + self.scores[:, None]).ravel()  # float32, as HF adds them
         best = top_indices(totals, 2 * k)
         beams, tokens = np.divmod(best, n_vocab)
-        ends = ((tokens == EOT) & self.stop_at_eot) | (length >= self.n_tokens)
+        ends = (tokens == self.eos) | (length >= self.n_tokens)
         candidates = [(self.tokens[b] + [int(t)], self.extras[b] + [extra(b, int(t)) if extra else None])
                       for b, t in zip(beams, tokens)]
         penalty = np.float32(length**self.length_penalty)

@@ -222,4 +222,5 @@ def generation_options(args, encoder):
                 no_repeat_ngram_size=args.no_repeat_ngram_size or 0, bad_words_ids=[list(w) for w in sorted(bad_words)],
                 min_new_tokens=args.min_new_tokens or 0, num_beams=args.num_beams or 1,
                 length_penalty=1.0 if args.length_penalty is None else args.length_penalty,
-                early_stopping=EARLY_STOPPING[args.early_stopping or "false"], logprobs=args.logprobs)
+                early_stopping=EARLY_STOPPING[args.early_stopping or "false"], logprobs=args.logprobs,
+                eos_token_id=encoder.eot_token)

@@ -72,11 +72,22 @@ def ban_bad_words(ids, logits, bad_words_ids):  # [n], [n_vocab] -> [n_vocab]
     return out
 
 
-def ban_eot(logits):  # [n_vocab] -> [n_vocab]
-    """-inf for <|endoftext|>: what min_new_tokens does until that many are generated (HF's
+def end_token(eos_token_id, n_vocab):
+    """The id that ends a text: eos_token_id (HF's name), or when it is None GPT-2's <|endoftext|> if the
+    vocabulary holds it; None when there is none. A ValueError for an id outside the vocabulary."""
+    if eos_token_id is None:
+        return EOT if EOT < n_vocab else None
+    if not (is_whole(eos_token_id, 0) and eos_token_id < n_vocab):
+        raise ValueError(f"eos_token_id must be a token id in [0, {n_vocab}), the one that ends a text "
+                         f"(None: GPT-2's <|endoftext|>, 50256), got {eos_token_id!r}")
+    return int(eos_token_id)
+
+
+def ban_eot(logits, eos=EOT):  # [n_vocab] -> [n_vocab]
+    """-inf for the end token: what min_new_tokens does until that many are generated (HF's
     MinNewTokensLengthLogitsProcessor)."""
     out = logits.copy()
-    out[EOT] = -np.inf
+    out[eos] = -np.inf
     return out
 
 
@@ -86,6 +97,7 @@ class Controls(NamedTuple):
     no_repeat_ngram_size: int = 0
     bad_words_ids: tuple = ()
     min_new_tokens: int = 0
+    eos_token_id: int = EOT  # the token min_new_tokens keeps away
 
     def __call__(self, ids, n_new, logits):  # [n], [n_vocab] -> [n_vocab]
         """The logits with every control applied, in HF's order; `n_new` tokens of ids were generated."""
@@ -96,13 +108,14 @@ class Controls(NamedTuple):
         if self.bad_words_ids:
             logits = ban_bad_words(ids, logits, self.bad_words_ids)
         if n_new < self.min_new_tokens:
-            logits = ban_eot(logits)
+            logits = ban_eot(logits, self.eos_token_id)
         return logits
 
     @classmethod
     def checked(cls, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None, min_new_tokens=0,
-                n_vocab=EOT + 1):
-        """Controls from HF-named options, or a ValueError saying what is wrong with one and what to give instead."""
+                n_vocab=EOT + 1, eos_token_id=EOT):
+        """Controls from HF-named options, or a ValueError saying what is wrong with one and what to give instead.
+        eos_token_id is the model's end token (decoding.end_token), None if it has none."""
         if not (is_number(repetition_penalty) and 0 < repetition_penalty < math.inf):
             raise ValueError(f"repetition_penalty must be a number above 0 (1 changes nothing; HF suggests 1.2), "
                              f"got {repetition_penalty!r}")
@@ -114,11 +127,15 @@ class Controls(NamedTuple):
             if not isinstance(word, sequence) or len(word) == 0 or not all(is_whole(i, 0) and i < n_vocab for i in word):
                 raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids in [0, {n_vocab}), "
                                  f"such as [[464], [1, 2]]: {word!r} is not such a list")
-            if list(word) == [EOT]:
-                raise ValueError("bad_words_ids holds [50256], <|endoftext|> alone, which HuggingFace ignores: to keep "
-                                 "it from being chosen, give min_new_tokens (as many as n_tokens) instead")
+            if list(word) == [eos_token_id]:
+                raise ValueError(f"bad_words_ids holds [{eos_token_id}], the end token alone, which HuggingFace ignores: "
+                                 "to keep it from being chosen, give min_new_tokens (as many as n_tokens) instead")
             words.append(tuple(int(i) for i in word))
-        return cls(float(repetition_penalty), int(no_repeat_ngram_size), tuple(words), int(min_new_tokens))
+        if min_new_tokens and eos_token_id is None:
+            raise ValueError(f"min_new_tokens keeps the end token away, but this model has none: its vocabulary of "
+                             f"{n_vocab} has no <|endoftext|> at {EOT}; give eos_token_id, or leave min_new_tokens out")
+        return cls(float(repetition_penalty), int(no_repeat_ngram_size), tuple(words), int(min_new_tokens),
+                   EOT if eos_token_id is None else eos_token_id)
 
 
 # ---- Sampling

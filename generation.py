@@ -7,12 +7,13 @@ function or the controls (decoding.py) and beam.py's bookkeeping: gpt2.generate_
 import numpy as np
 
 from beam import BeamSearch
-from decoding import EOT, Controls, log_softmax, token_logprob
+from decoding import Controls, log_softmax, token_logprob
 from kvcache import merge_rows
 
 
-def steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose, copies=1, n_logprobs=None):
-    """The next id of every row, step by step (None once a row has ended), as `choose` picks them.
+def steps(prompts, forward, n_tokens, eos, n_ctx, choose, copies=1, n_logprobs=None):
+    """The next id of every row, step by step (None once a row has ended: after n_tokens, or after the end
+    token `eos` unless it is None), as `choose` picks them.
 
     forward(tokens [B, n], kvcache, mask) -> (logits [B, 1, n_vocab], kvcache) is the model (gpt2() with
     last_only). choose(ids, n_new, logits [n_vocab]) -> (id, the processed logits it chose from) (see
@@ -39,7 +40,7 @@ def steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose, copies=1, n_lo
             out = [i if i is None else (i, token_logprob(log_softmax(row), i, n_logprobs, log_softmax(processed)[i]))
                    for i, row, (_, processed) in zip(out, logits[:, -1], chosen)]
         yield out
-        ended |= (next_ids == EOT) & stop_at_eot
+        ended |= next_ids == eos
         if ended.all() or step == n_tokens - 1:
             return
         for window, ids, i in zip(windows, history, next_ids):
@@ -54,7 +55,7 @@ def steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose, copies=1, n_lo
             logits, cache, mask = slide(windows, full, next_ids, cache, mask, forward, n_ctx)
 
 
-def beam_steps(prompts, forward, n_tokens, stop_at_eot, controls, num_beams, length_penalty=1.0,
+def beam_steps(prompts, forward, n_tokens, eos, controls, num_beams, length_penalty=1.0,
                early_stopping=False, num_return_sequences=1, n_logprobs=None):
     """Beam search for every prompt in one batch, yielding as steps() does the ids of each prompt's
     num_return_sequences best hypotheses, one after another; but only once every search is done, as which
@@ -63,7 +64,7 @@ def beam_steps(prompts, forward, n_tokens, stop_at_eot, controls, num_beams, len
     """
     tokens, mask = left_padded(prompts)
     logits, cache = forward(tokens, [], mask)
-    searches = [BeamSearch(num_beams, n_tokens, length_penalty, early_stopping, stop_at_eot) for _ in prompts]
+    searches = [BeamSearch(num_beams, n_tokens, length_penalty, early_stopping, eos) for _ in prompts]
     for step in range(n_tokens):
         model = log_softmax(logits[:, -1])  # [rows, n_vocab]: each search's running beams, search after search
         origins, next_ids, first = [], [], 0

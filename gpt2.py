@@ -13,7 +13,7 @@ import numpy as np
 
 import generation
 from beam import check_search
-from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, softmax  # noqa: F401 (EOT: gpt2.EOT)
+from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, end_token, softmax  # noqa: F401 (EOT: gpt2.EOT)
 from kvcache import KVCache
 
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
@@ -271,14 +271,15 @@ def check_ids(ids, n_vocab):
 def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
                     stop_at_eot=True, slide=False, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None,
                     min_new_tokens=0, num_beams=1, length_penalty=1.0, early_stopping=False, num_return_sequences=1,
-                    logprobs=None):
+                    logprobs=None, eos_token_id=None):
     """The tokens that follow `inputs`, step by step: a generator of ids, as soon as each is chosen.
 
     `inputs` is one prompt (a list of ids; each step yields an int) or a batch of prompts of any
     lengths (a list of lists; each step yields a list with one id per prompt, None for a prompt
-    that has ended). A prompt ends after n_tokens, or after yielding <|endoftext|> unless
-    `stop_at_eot` is False. `temperature` 0 is greedy; above 0, tokens are drawn (after top_k and
-    top_p filtering) with `rng`, a seed or np.random.Generator: the same seed gives the same tokens.
+    that has ended). A prompt ends after n_tokens, or after yielding the end token unless `stop_at_eot`
+    is False: `eos_token_id`, or when it is None GPT-2's <|endoftext|> (50256) if the vocabulary holds it.
+    `temperature` 0 is greedy; above 0, tokens are drawn (after top_k and top_p filtering) with `rng`, a
+    seed or np.random.Generator: the same seed gives the same tokens.
     `slide` lets a prompt plus n_tokens go beyond n_ctx: the prompt keeps its last n_ctx tokens and,
     whenever the window is full, generation continues from the most recent n_ctx // 2 tokens.
     HuggingFace's controls, with its names and meaning, apply before temperature, top_k and top_p, each
@@ -295,16 +296,18 @@ def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=
     n_ctx, n_vocab = params["wpe"].shape[0], params["wte"].shape[0]
     check_request(prompts, n_tokens, n_ctx, n_vocab, slide)
     check_sampling(temperature, top_k, top_p)
-    controls = Controls.checked(repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, n_vocab)
+    eos = end_token(eos_token_id, n_vocab)
+    ends_at = eos if stop_at_eot else None
+    controls = Controls.checked(repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, n_vocab, eos)
     check_search(num_beams, length_penalty, early_stopping, num_return_sequences, temperature, slide)
     check_logprobs(logprobs, n_vocab)
     forward = lambda tokens, kvcache, mask: gpt2(tokens, **params, n_head=n_head, kvcache=kvcache, mask=mask, last_only=True)
     if num_beams > 1:
-        steps = generation.beam_steps(prompts, forward, n_tokens, stop_at_eot, controls, num_beams, length_penalty,
+        steps = generation.beam_steps(prompts, forward, n_tokens, ends_at, controls, num_beams, length_penalty,
                                       early_stopping, num_return_sequences, logprobs)
     else:
         choose = chooser(controls, temperature, top_k, top_p, np.random.default_rng(rng))
-        steps = generation.steps(prompts, forward, n_tokens, stop_at_eot, n_ctx, choose, num_return_sequences, logprobs)
+        steps = generation.steps(prompts, forward, n_tokens, ends_at, n_ctx, choose, num_return_sequences, logprobs)
     return steps if batch or num_return_sequences > 1 else (ids[0] for ids in steps)
 
 

@@ -181,15 +181,16 @@ def check_replacement(name, out, given):
                      f"or None to go on with the array the hook was given")
 
 
-def one_text(ids, params, prepend_eot=False, least=2):
-    """ids as an array [n_seq], after <|endoftext|> if asked; a ValueError for a batch, or too few or too many ids."""
+def one_text(ids, params, prepend_eot=False, least=2, eot=EOT):
+    """ids as an array [n_seq], after <|endoftext|> (id `eot`) if asked; a ValueError for a batch, or too few or
+    too many ids."""
     ids = np.asarray(ids) if isinstance(ids, (list, tuple, np.ndarray)) else None
     if ids is None or ids.ndim != 1 or not (len(ids) == 0 or np.issubdtype(ids.dtype, np.integer)):
         raise ValueError("give one text as a list of token ids (look at the texts of a batch one at a time)")
     if len(ids) == 0:
         raise ValueError("the text is empty: give at least one token")
     if prepend_eot:
-        ids = np.concatenate([[EOT], ids])
+        ids = np.concatenate([[eot], ids])
     if len(ids) < least:
         raise ValueError("a text of one token has nothing to score (the first token has no context): give a longer "
                          "text, or put <|endoftext|> before it (prepend_eot)")
@@ -298,7 +299,8 @@ class Inspection:
     and attention, and every attention pattern. print(it.table()); it.html() is a page; a notebook shows it."""
 
     def __init__(self, ids, params, n_head, encoder, k=5, prepend_eot=False):
-        self.ids = one_text(ids, params, prepend_eot)  # [n_seq]; position 0 is never scored: it has no context
+        eot = EOT if encoder.eot_token is None else encoder.eot_token  # the tokenizer's own, if it has one
+        self.ids = one_text(ids, params, prepend_eot, eot=eot)  # [n_seq]; position 0 is never scored: it has no context
         self.prepend_eot = prepend_eot
         n_layer = len(params["blocks"])
         self.lens_names = residual_names(n_layer, sublayers=True)

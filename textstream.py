@@ -1,7 +1,7 @@
 """Token ids -> printable text, for streaming: whole UTF-8 characters only, and stop strings matched
 across token boundaries; and the table of their log-probs.
 """
-from gpt2 import EOT, generate_stream
+from gpt2 import generate_stream
 
 
 class TextStream:
@@ -12,13 +12,14 @@ class TextStream:
     """
 
     def __init__(self, encoder, stop=(), stop_at_eot=True):
-        self.decoder, self.stop, self.stop_at_eot = encoder.incremental_decoder(), [s for s in stop if s], stop_at_eot
+        self.decoder, self.stop = encoder.incremental_decoder(), [s for s in stop if s]
+        self.end = encoder.eot_token if stop_at_eot else None  # the tokenizer's <|endoftext|>, if it has one
         self.held, self.done = "", False
 
     def add(self, token_id):
         if self.done:
             return ""
-        if token_id == EOT and self.stop_at_eot:
+        if token_id == self.end:
             return self.flush()
         self.held += self.decoder.decode(token_id)
         return self._release(final=False)
@@ -53,6 +54,7 @@ def stream_text(ids, params, n_head, encoder, n_tokens=40, stop=(), stop_at_eot=
     if options.get("logprobs") is not None or options.get("num_return_sequences", 1) != 1:
         raise ValueError("stream_text makes one text from ids alone: for several, or with logprobs, call "
                          "gpt2.generate_stream and give its ids to textstream.text_pieces")
+    options.setdefault("eos_token_id", encoder.eot_token)  # the end token the text stream knows
     tokens = generate_stream(ids, params, n_head, n_tokens, stop_at_eot=stop_at_eot, **options)
     return text_pieces(tokens, encoder, stop, stop_at_eot)
 

@@ -463,6 +463,7 @@ def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source
     wait_for(lambda: part.exists() and part.stat().st_size >= 1 << 20)
     process.send_signal(signal.SIGINT)
     code, stdout, stderr = finish(process, tmp_path, "cli")
+    assert part.exists(), (code, stdout, stderr)  # what the run said, if the part is gone
     size = part.stat().st_size
     assert code != 0 and "Traceback" not in stderr and stdout == ""
     last = stderr.strip().splitlines()[-1]

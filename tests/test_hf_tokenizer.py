@@ -171,3 +171,56 @@ def test_tokenizer_settings_gpt2_does_not_have_are_refused(added, tmp_path, file
 def test_a_folder_without_a_tokenizer(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no tokenizer: put GPT-2's vocab.json and merges.txt"):
         hf_tokenizer.load_hf_encoder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model(trained, tmp_path_factory):
+    """A 400-token model folder whose tokenizer puts <|endoftext|> at id 0: GPT-2's 50256 is not in it."""
+    folder = tmp_path_factory.mktemp("vocab400")
+    hparams = {**TINY, "n_vocab": 400}
+    write_hf_folder(folder, hparams, random_params(hparams, 4), vocab=False)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(trained / name, folder / name)
+    return folder
+
+
+def hf_generate(model, ids, eos, **kwargs):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), do_sample=False, eos_token_id=eos, pad_token_id=eos, **kwargs)
+    return out[0, len(ids):].tolist()
+
+
+def test_the_end_token_of_a_vocab_without_50256(small_vocab_model):
+    enc, _, params = utils.load_model(str(small_vocab_model))
+    ids, model = enc.encode(TEXTS[0]), hf_reference(small_vocab_model)
+    assert enc.eot_token == 0
+    with pytest.raises(ValueError, match="min_new_tokens keeps the end token away, but this model has none: its "
+                                         "vocabulary of 400 has no <|endoftext|> at 50256; give eos_token_id"):
+        gpt2.generate(ids, params, 4, n_tokens=10, min_new_tokens=3)
+    with pytest.raises(ValueError, match=r"eos_token_id must be a token id in \[0, 400\)"):
+        gpt2.generate(ids, params, 4, n_tokens=10, eos_token_id=50256)
+    free = gpt2.generate(ids, params, 4, n_tokens=12)  # no end token: 12 tokens, whatever they are
+    assert len(free) == 12 and free == hf_generate(model, ids, None, max_new_tokens=12)
+    eos = next(t for k, t in enumerate(free) if k >= 1 and t not in free[:k])  # a token greedy reaches at step k
+    stop = free.index(eos)
+    assert gpt2.generate(ids, params, 4, n_tokens=12, eos_token_id=eos) == free[: stop + 1]
+    for kwargs in [dict(min_new_tokens=stop + 2), dict(num_beams=3), dict(num_beams=3, min_new_tokens=stop + 2),
+                   dict(no_repeat_ngram_size=2, min_new_tokens=2)]:
+        ours = gpt2.generate(ids, params, 4, n_tokens=12, eos_token_id=eos, **kwargs)
+        assert ours == hf_generate(model, ids, eos, max_new_tokens=12, **kwargs), kwargs
+    assert eos not in gpt2.generate(ids, params, 4, n_tokens=12, eos_token_id=eos, min_new_tokens=12)
+
+
+def test_the_cli_ends_at_the_tokenizers_own_end_token(small_vocab_model, tmp_path):
+    from test_hf import run_cli
+
+    enc, _, params = utils.load_model(str(small_vocab_model))
+    prompt = TEXTS[0]
+    result = run_cli(prompt, "--model", small_vocab_model, "--n_tokens", 12, "--min_new_tokens", 3, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = hf_generate(hf_reference(small_vocab_model), enc.encode(prompt), 0, max_new_tokens=12, min_new_tokens=3)
+    shown = out[: out.index(0)] if 0 in out else out  # the text ends at <|endoftext|>, id 0 here, unshown
+    assert result.stdout == enc.decode(shown) + "\n"
+    inspected = run_cli(prompt, "--model", small_vocab_model, "--inspect", "--prepend_eot", tmp_path=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "0  '<|endoftext|>'" in inspected.stdout  # the tokenizer's own, id 0, not GPT-2's 50256
