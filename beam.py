@@ -5,8 +5,8 @@ Each step, for num_beams beams:
 - every continuation of every running beam scores the beam's score plus the token's (processed) log-prob, and
   the best 2 * num_beams of them are candidates, best first;
 - a candidate that ends (with the end token, GPT-2's <|endoftext|>, or as the n_tokens-th token) becomes a
-  hypothesis only if it is among the first num_beams: its score is then sum / length ** length_penalty (length counts the generated
-  tokens, <|endoftext|> included), and the num_beams best hypotheses are kept;
+  hypothesis only if it is among the first num_beams: its score is then sum / length ** length_penalty
+  (length counts the generated tokens, the end token included), and the num_beams best hypotheses are kept;
 - the num_beams best candidates that do not end run on;
 - the search is done after the n_tokens-th token, or when HF's heuristic says no running beam can beat the
   worst of num_beams hypotheses: it divides the best running score by length ** length_penalty, where length
