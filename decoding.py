@@ -181,10 +181,8 @@ def draw(logits, rng):  # [n_vocab] -> token id
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):  # [n_vocab] -> token id
     """Greedy when temperature is 0; otherwise a draw, with `rng` (a np.random.Generator), from the
-    tempered, top-k and top-p filtered softmax."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    return draw(sampling_logits(logits, temperature, top_k, top_p), rng)
+    tempered, top-k and top-p filtered softmax: what chooser() does with no controls."""
+    return chooser(Controls(), temperature, top_k, top_p, rng)([], 0, logits)[0]
 
 
 def chooser(controls, temperature=0.0, top_k=None, top_p=None, rng=None):

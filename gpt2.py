@@ -13,8 +13,8 @@ import numpy as np
 
 import generation
 from beam import check_search
-from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, end_token, softmax  # noqa: F401 (EOT: gpt2.EOT)
-from kvcache import KVCache
+from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, end_token, is_whole, softmax  # noqa: F401 (EOT: gpt2.EOT)
+from kvcache import KVCache, room
 
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
 # np.sqrt(2 / np.pi) is a float64 scalar, and under NumPy 2 it would turn every activation float64.
@@ -176,7 +176,7 @@ def transformer(inputs, wte, wpe, blocks, n_head, kvcache=None, mask=None, n_out
         if mask.shape != (B, n_all):
             raise ValueError(f"mask must have shape [B, n_past + n_seq] = {[B, n_all]}, got {list(mask.shape)}")
     if not kvcache:  # [] starts a cache with room to grow (it doubles when full); None one for this call alone
-        kvcache = KVCache.empty(len(blocks), B, n_head, d, capacity=n_seq if kvcache is None else min(len(wpe), 2 * n_seq))
+        kvcache = KVCache.empty(len(blocks), B, n_head, d, capacity=n_seq if kvcache is None else room(n_seq, len(wpe)))
     cache = kvcache.extended(n_seq, limit=len(wpe))
 
     # Positions count real tokens only: each row's first real token is at 0 however much padding precedes it.
@@ -248,7 +248,7 @@ def is_batch(inputs):
 
 def check_request(prompts, n_tokens, n_ctx, n_vocab, slide=False):
     """Raise a ValueError saying what to change if these prompts cannot be continued by n_tokens."""
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
+    if not is_whole(n_tokens, 1):
         raise ValueError(f"n_tokens must be a whole number of at least 1, got {n_tokens!r}")
     for prompt in prompts:
         if len(prompt) == 0:
@@ -264,7 +264,7 @@ def check_request(prompts, n_tokens, n_ctx, n_vocab, slide=False):
 
 def check_ids(ids, n_vocab):
     for i in ids:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_vocab:
+        if not (is_whole(i, 0) and i < n_vocab):
             raise ValueError(f"token id {i!r} is not in the vocabulary [0, {n_vocab})")
 
 
@@ -339,7 +339,7 @@ def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
     """
     n_ctx, n_vocab = params["wpe"].shape[0], params["wte"].shape[0]
     stride = n_ctx // 2 if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride < n_ctx:
+    if not (is_whole(stride, 1) and stride < n_ctx):
         # A window that starts past the previous one's end would leave its first token with no context.
         raise ValueError(f"stride must be a whole number from 1 to n_ctx - 1 ({n_ctx - 1}), got {stride!r}")
     if len(ids) < 2:
@@ -372,6 +372,8 @@ def target_logprobs(x, targets, wte, lm_head=None, rows=256):  # [n, n_embd], [n
         logits -= top
         out[i : i + rows] = picked - top[:, 0] - np.log(np.exp(logits, out=logits).sum(axis=-1))
     return out
+
+
 if __name__ == "__main__":
     import cli
 

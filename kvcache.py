@@ -72,7 +72,7 @@ class KVCache:
         (so that decoding copies the cache only now and then), up to `limit` (n_ctx)."""
         buffers, n_all = self._buffers, self.n_past + n_new
         if buffers.claimed != self.n_past or n_all > buffers.capacity:
-            buffers = self._copy(max(n_all, min(limit, 2 * n_all)))
+            buffers = self._copy(room(n_all, limit))
         buffers.claimed = n_all
         return KVCache(buffers, n_all)
 
@@ -117,7 +117,7 @@ def merge_rows(parts, batch_size, limit):
     """
     width = max(cache.n_past for _, cache, _ in parts)
     n_layer, _, n_head, _, d = parts[0][1].shape
-    buffers = _Buffers(n_layer, batch_size, n_head, max(width, min(limit, 2 * width)), d)
+    buffers = _Buffers(n_layer, batch_size, n_head, room(width, limit), d)
     mask = np.zeros((batch_size, width), dtype=bool)
     for rows, cache, part_mask in parts:
         n = cache.n_past
@@ -127,6 +127,12 @@ def merge_rows(parts, batch_size, limit):
             new[rows, :, width - n : width] = old[:, :, :n]
     buffers.claimed = width
     return KVCache(buffers, width), mask
+
+
+def room(n_positions, limit):
+    """The capacity a cache of n_positions gets when it is made or copied: twice that, up to `limit` (n_ctx), so
+    that decoding copies it only now and then; never less than it holds."""
+    return max(n_positions, min(limit, 2 * n_positions))
 
 
 def kv_cache_bytes(n_layer, n_embd, batch_size, n_positions):

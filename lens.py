@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 import gpt2
-from decoding import EOT, log_softmax, logsumexp
+from decoding import EOT, is_whole, log_softmax, logsumexp
 
 BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
                "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
@@ -275,7 +275,7 @@ def token_view(ids, params, n_head, k=5, prepend_eot=False):
 
 
 def view_of(logits, targets, k):  # [n, n_vocab], [n] -> TokenView
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= logits.shape[-1]:
+    if not (is_whole(k, 1) and k <= logits.shape[-1]):
         raise ValueError(f"k, the alternatives to show, must be a whole number from 1 to {logits.shape[-1]}, got {k!r}")
     n = len(targets)
     prob, entropy = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
