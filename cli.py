@@ -17,7 +17,7 @@ from cli_options import generation_options, parse_args
 from generation import collect
 from gpt2 import generate_stream, score
 from kvcache import kv_cache_bytes
-from textstream import decode_text, logprob_table, text_pieces, tokens_shown
+from textstream import logprob_table, text_pieces
 
 
 def generation_bytes(n_rows, width, n_tokens, hparams):  # [n_rows, width] prompts + n_tokens -> bytes at the peak
@@ -49,11 +49,16 @@ def memory_available():
 
 def check_memory(n_rows, width, n_tokens, hparams, fixes):
     """A ValueError saying what to lower (`fixes`) when generating cannot fit in the memory available."""
-    needed, available = generation_bytes(n_rows, width, n_tokens, hparams), memory_available()
+    rows = f"{n_rows:,} rows of" if n_rows > 1 else "a prompt of"
+    check_fits(generation_bytes(n_rows, width, n_tokens, hparams), f"generating {rows} {width:,} tokens plus {n_tokens:,}", fixes)
+
+
+def check_fits(needed, work, fixes):
+    """A ValueError saying what to lower (`fixes`) when `work` needs more bytes than the memory available."""
+    available = memory_available()
     if available is not None and needed > available:
-        rows = f"{n_rows:,} rows of" if n_rows > 1 else "a prompt of"
-        raise ValueError(f"generating {rows} {width:,} tokens plus {n_tokens:,} needs about {gib(needed)} of memory, "
-                         f"but {gib(available)} is available: {', or '.join(fixes)}")
+        raise ValueError(f"{work} needs about {gib(needed)} of memory, but {gib(available)} is available: "
+                         f"{', or '.join(fixes)}")
 
 
 def gib(n):
@@ -79,6 +84,8 @@ def main(argv=None):
 def run(args, utils):
     if args.html is not None:  # before any work: a path that cannot take the page fails at once
         lens_html.check_writable(args.html)
+    if args.verify and args.model not in utils.MODEL_SIZES:  # a folder or hub id: refused before it is loaded (or fetched)
+        utils.tf_model_dir(args.model, args.models_dir)
     encoder, hparams, params = utils.load_model(args.model, args.models_dir)
     if args.verify:  # the shapes were checked as the model loaded; this reads every byte
         model_dir = utils.tf_model_dir(args.model, args.models_dir)
@@ -109,14 +116,11 @@ def run(args, utils):
         batch = [encode(p) for p in prompts]
         check_memory(len(prompts) * max(args.n_samples, options["num_beams"]), max(map(len, batch)), args.n_tokens, hparams,
                      [*fixes, "shorten the prompts" if len(prompts) > 1 else "shorten the prompt", "lower --n_tokens"])
-        rows, logprobs = generate_rows(batch, params, n_head, dict(options, num_return_sequences=args.n_samples))
+        rows = generate_rows(batch, params, n_head, dict(options, num_return_sequences=args.n_samples))
         prompts = [p for p in prompts for _ in range(args.n_samples)]
-        for i, (prompt, row, row_logprobs) in enumerate(zip(prompts, rows, logprobs), start=1):
+        for i, (prompt, row) in enumerate(zip(prompts, rows), start=1):
             print(f"=== {i}/{len(rows)}: {prompt}")
-            print(decode_text(row, encoder, args.stop, options["stop_at_eot"]))
-            if args.logprobs is not None:
-                shown = tokens_shown(row, encoder, args.stop, options["stop_at_eot"])
-                print(logprob_table(row[:shown], row_logprobs[:shown], encoder))
+            print_text(row, encoder, args.stop, options)
     else:
         continue_one(args.prompt)
 
@@ -125,7 +129,11 @@ def inspect_prompt(ids, params, n_head, encoder, args):
     """--inspect prints the token view; --html writes the page. Both come from one forward pass (lens.py)."""
     import lens
 
-    seen = lens.Inspection(ids, params, n_head, encoder, prepend_eot=args.prepend_eot)
+    deep = args.html is not None  # the table needs only the token view; the page also the lens and the patterns
+    n_seq = len(ids) + args.prepend_eot
+    check_fits(lens.inspection_bytes(n_seq, params, n_head, deep), f"looking inside {n_seq:,} tokens",
+               ["shorten the text"] + ["drop --html"] * deep)
+    seen = lens.Inspection(ids, params, n_head, encoder, prepend_eot=args.prepend_eot, deep=deep)
     if args.inspect:
         print(seen.table())
     if args.html is not None:
@@ -134,14 +142,16 @@ def inspect_prompt(ids, params, n_head, encoder, args):
 
 
 def generate_rows(batch, params, n_head, options):
-    """gpt2.generate for a batch -> (rows, their Logprobs or Nones), with a bar on stderr counting the steps when
-    stderr is a terminal."""
+    """gpt2.generate for a batch -> rows of ids, or with logprobs of (id, Logprob) pairs, with a bar on stderr
+    counting the steps when stderr is a terminal."""
     from tqdm import tqdm
 
     steps = generate_stream(batch, params, n_head, **options)
     bar = tqdm(steps, total=options["n_tokens"], desc="generating", unit="step", leave=False, disable=None)
-    out = collect(bar, len(batch) * options["num_return_sequences"], options["logprobs"] is not None)
-    return out if options["logprobs"] is not None else (out, [[None] * len(row) for row in out])
+    if options["logprobs"] is None:
+        return collect(bar, len(batch) * options["num_return_sequences"], False)
+    rows, logprobs = collect(bar, len(batch) * options["num_return_sequences"], True)
+    return [list(zip(row, row_logprobs)) for row, row_logprobs in zip(rows, logprobs)]
 
 
 def print_score(ids, params, n_head, encoder, stride, per_token):
@@ -159,7 +169,13 @@ def print_score(ids, params, n_head, encoder, stride, per_token):
 
 def print_stream(ids, params, n_head, encoder, stop, options):
     """Print the continuation of ids as it is produced, then a newline; with --logprobs, then their table."""
-    tokens, logprobs = generate_stream(ids, params, n_head, **options), []
+    print_text(generate_stream(ids, params, n_head, **options), encoder, stop, options)
+
+
+def print_text(tokens, encoder, stop, options):
+    """Print the text of these ids as they come, then a newline; with --logprobs (the ids come as (id, Logprob)
+    pairs), then the table of those the text shows."""
+    logprobs = []
     if options["logprobs"] is not None:
         tokens = recorded(tokens, logprobs)
     for piece in text_pieces(tokens, encoder, stop, options["stop_at_eot"]):

@@ -52,6 +52,18 @@ def cache_bytes(n_seq, n_layer, n_embd, n_head, batch_size=1):
     return 4 * batch_size * (n_layer * per_block + n_seq * (3 * n_embd + 1))  # + embed, pos_embed, ln_final
 
 
+def inspection_bytes(n_seq, params, n_head, deep=True):
+    """About the bytes an Inspection of n_seq tokens holds at its peak: the logits [n_seq, n_vocab] and the
+    token view's working copies of them; when `deep`, also every attention pattern (and one layer's scores
+    beside them), the residual streams the logit lens reads, and the lens's own working rows."""
+    n_vocab, n_embd = params["wte"].shape
+    n_layer = len(params["blocks"])
+    floats = 3 * n_seq * n_vocab
+    if deep:
+        floats += (n_layer + 2) * n_head * n_seq * n_seq + (2 * n_layer + 1) * n_seq * n_embd + 3 * ROWS * n_vocab
+    return 4 * floats
+
+
 def run_with_cache(inputs, params, n_head, names=None, hooks=None):
     """One forward pass -> (logits, cache): the logits [pos, n_vocab] ([batch, pos, n_vocab] for a batch), and a
     dict {name: float32 array} of the activations `names` asks for, in the layouts of the table above.
@@ -233,11 +245,12 @@ def lens_of(cache, logits, params, names):  # {name: [n_seq, n_embd]}, [n_seq, n
     for i in range(0, n_seq, ROWS):
         rows = slice(i, i + ROWS)
         final = log_softmax(logits[rows])  # [ROWS, n_vocab]
+        final_probs = np.exp(final)
         for r, name in enumerate(names):
             read = gpt2.unembed(gpt2.layer_norm(cache[name][rows], **params["ln_f"]), params["wte"], params.get("lm_head"))
             top[r, rows], top_prob[r, rows] = best(read)
             prob[r, rows], rank[r, rows] = probability_and_rank(read, predicted[rows])
-            kl[r, rows] = np.maximum((np.exp(final) * (final - log_softmax(read))).sum(axis=-1), 0)  # >= 0 but for rounding
+            kl[r, rows] = np.maximum((final_probs * (final - log_softmax(read))).sum(axis=-1), 0)  # >= 0 but for rounding
     return LogitLens(names, top, top_prob, predicted, prob, rank, kl)
 
 
@@ -296,19 +309,26 @@ def token_text(encoder, token_id):
 
 class Inspection:
     """One text seen from every side, all from one forward pass: the token view, the logit lens after every block
-    and attention, and every attention pattern. print(it.table()); it.html() is a page; a notebook shows it."""
+    and attention, and every attention pattern. print(it.table()); it.html() is a page; a notebook shows it.
+    deep=False makes the token view alone (all table() needs), without the cost of the lens and the patterns."""
 
-    def __init__(self, ids, params, n_head, encoder, k=5, prepend_eot=False):
+    def __init__(self, ids, params, n_head, encoder, k=5, prepend_eot=False, deep=True):
         eot = EOT if encoder.eot_token is None else encoder.eot_token  # the tokenizer's own, if it has one
         self.ids = one_text(ids, params, prepend_eot, eot=eot)  # [n_seq]; position 0 is never scored: it has no context
         self.prepend_eot = prepend_eot
-        n_layer = len(params["blocks"])
-        self.lens_names = residual_names(n_layer, sublayers=True)
-        patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layer)]
-        logits, cache = run_with_cache(self.ids, params, n_head, names=self.lens_names + patterns)
+        self.lens = self.patterns = None
+        if not deep:  # the token view alone, all that table() prints: the plain forward pass
+            logits = gpt2.gpt2(self.ids, **params, n_head=n_head)
+        else:
+            n_layer, n_seq = len(params["blocks"]), len(self.ids)
+            names = residual_names(n_layer, sublayers=True)
+            patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layer)]
+            logits, cache = run_with_cache(self.ids, params, n_head, names=names + patterns)
+            self.lens = lens_of(cache, logits, params, names)
+            self.patterns = np.empty((n_layer, n_head, n_seq, n_seq), dtype=np.float32)
+            for layer, name in enumerate(patterns):  # each layer's pattern leaves the cache once copied
+                self.patterns[layer] = cache.pop(name)
         self.view = view_of(logits[:-1], self.ids[1:], k)
-        self.lens = lens_of(cache, logits, params, self.lens_names)
-        self.patterns = np.stack([cache[name] for name in patterns])  # [n_layer, n_head, n_seq, n_seq]
         self.encoder = encoder
         self.tokens = [self.token_text(i) for i in self.ids]
         self.text = encoder.decode(self.ids[int(prepend_eot):])
@@ -332,6 +352,9 @@ class Inspection:
         return "\n".join(lines)
 
     def html(self):
+        if self.lens is None:
+            raise ValueError("this Inspection was made with deep=False: it has no logit lens or attention patterns "
+                             "for a page; make it with deep=True")
         import lens_html
 
         return lens_html.page(self)

@@ -69,7 +69,7 @@ def inline(page_html):
 def check_writable(path):
     """A ValueError saying why the page cannot be written to `path`, before any work is done."""
     path = Path(path)
-    if str(path) == "" or path.is_dir():
+    if path.is_dir():  # Path("") is "."
         raise ValueError(f"cannot write the page to {str(path)!r}: give a file name, such as page.html")
     if not path.parent.is_dir():
         problem = "is not a folder" if path.parent.exists() else "does not exist: create it first"
@@ -87,8 +87,9 @@ def write(path, text):
         part.write_text(text, encoding="utf-8")
         os.replace(part, path)
     except OSError as e:
-        part.unlink(missing_ok=True)
         raise ValueError(f"cannot write the page to {path}: {e.strerror or e}: choose another path") from None
+    finally:  # after an error or Ctrl-C, no part is left behind; after the rename there is none
+        part.unlink(missing_ok=True)
 
 
 TEMPLATE = """<!DOCTYPE html>

@@ -78,16 +78,6 @@ def decode_text(ids, encoder, stop=(), stop_at_eot=True):
     return "".join(text_pieces(ids, encoder, stop, stop_at_eot))
 
 
-def tokens_shown(ids, encoder, stop=(), stop_at_eot=True):
-    """How many of ids decode_text reads: all, or up to the one where the text ends (a stop string or <|endoftext|>)."""
-    text = TextStream(encoder, stop, stop_at_eot)
-    for n, token_id in enumerate(ids, start=1):
-        text.add(token_id)
-        if text.done:
-            return n
-    return len(ids)
-
-
 def logprob_table(ids, logprobs, encoder):
     """Generated ids and their decoding.Logprobs as a table, a line for each: the log-prob under the model, as
     chosen (after the controls, temperature, top-k and top-p), and the model's most likely tokens at that step."""

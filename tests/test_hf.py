@@ -326,3 +326,13 @@ def test_cli_bad_input_is_one_line(folders, tmp_path, make, message):
     lines = result.stderr.strip().splitlines()
     assert message in lines[-1], result.stderr
     assert len(lines) == 1 or lines[0].startswith("usage:")  # argparse's usage errors come after the usage
+
+
+def test_verify_refuses_a_hub_id_before_fetching_it(tmp_path):
+    result = run_cli("--verify", "--model", "someone/some-finetune", tmp_path=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "gpt2.py: error: --verify checks the crc32c of every tensor of a TensorFlow checkpoint, and "
+        "someone/some-finetune is not one (no someone/some-finetune/checkpoint); HuggingFace's files carry no such "
+        "checksums"]
+    assert not (tmp_path / "hf-cache").exists()  # nothing was fetched, nor tried

@@ -133,6 +133,47 @@ def test_write_replaces_a_page_whole(tmp_path):
     assert page.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["page.html"]
 
 
+def test_a_page_interrupted_while_written_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(self, *args, **kwargs):
+        open(self, "w").write("half a pa")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lens_html.Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lens_html.write(tmp_path / "page.html", "a whole page")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_table_alone_needs_no_lens_nor_patterns(tiny):
+    _, encoder, hparams, params = tiny
+    ids = encoder.encode(TEXT)
+    deep, shallow = (lens.Inspection(ids, params, hparams["n_head"], encoder, deep=d) for d in (True, False))
+    assert shallow.lens is None and shallow.patterns is None
+    assert deep.patterns.shape == (hparams["n_layer"], hparams["n_head"], len(ids), len(ids))
+    for field in ("prob", "entropy", "top_probs"):
+        np.testing.assert_allclose(getattr(shallow.view, field), getattr(deep.view, field), rtol=1e-4, atol=1e-6)
+    for field in ("ids", "rank", "top_ids"):
+        np.testing.assert_array_equal(getattr(shallow.view, field), getattr(deep.view, field))
+    with pytest.raises(ValueError, match="made with deep=False: it has no logit lens"):
+        shallow.html()
+
+
+def test_looking_inside_beyond_the_memory_available_is_one_line(tiny, monkeypatch):
+    import argparse
+
+    import cli
+
+    _, encoder, hparams, params = tiny
+    ids = encoder.encode(TEXT)
+    needed = lens.inspection_bytes(len(ids), params, hparams["n_head"], deep=True)
+    assert needed > lens.inspection_bytes(len(ids), params, hparams["n_head"], deep=False)
+    monkeypatch.setattr(cli, "memory_available", lambda: needed - 1)
+    args = argparse.Namespace(html="page.html", inspect=False, prepend_eot=False)
+    with pytest.raises(ValueError, match=rf"^looking inside {len(ids)} tokens needs about [\d.]+ GiB of memory, but "
+                                         r"[\d.]+ GiB is available: shorten the text, or drop --html$"):
+        cli.inspect_prompt(ids, params, hparams["n_head"], encoder, args)
+
+
 # ---- in the browser ----
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
