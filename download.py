@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import checkpoint
-
 try:
     import fcntl
 except ImportError:  # Windows: downloads go unlocked, see file_lock
@@ -27,7 +25,8 @@ except ImportError:  # Windows: downloads go unlocked, see file_lock
 TIMEOUT = (10, 30)  # seconds to connect, and to wait for each next piece of a body
 ATTEMPTS = 5  # tries in a row that may fail before a download gives up; a try that brings bytes restarts the count
 BACKOFF = 1.0  # seconds before the first retry; each further retry in a row waits twice as long
-CHUNK = 1 << 16
+CHUNK = 1 << 16  # bytes taken at a time from a response body
+READ_CHUNK = 1 << 20  # bytes read at a time when hashing a file on disk
 
 
 class DownloadError(OSError):
@@ -122,11 +121,10 @@ def download_file(url, path, *, timeout=TIMEOUT, attempts=ATTEMPTS, backoff=BACK
                 break
             except (TransientError, requests.ConnectionError, requests.Timeout, ChunkedEncodingError) as e:
                 failed = 1 if file_size(part) > before else failed + 1
-                # Offline, a name does not resolve and waiting changes nothing; one retry covers a resolver's hiccup.
-                if refused(e) or failed >= (min(attempts, 2) if unresolved(e) else attempts):
+                if final(e, failed, attempts):
                     tries = "" if refused(e) else f", {failed} tries in a row"
                     raise DownloadError(f"could not download {url} ({failure_reason(e)}{tries}){kept(part)}") from None
-                delay = min(backoff * 2 ** (failed - 1), 60)
+                delay = retry_delay(failed, backoff)
                 say(f"{label}: {failure_reason(e)}; trying again in {delay:.3g} s", quiet)
                 time.sleep(delay)
     except KeyboardInterrupt:
@@ -239,7 +237,7 @@ class PartDigest:
         if self.size != file_size(part):
             with open(part, "rb") as f:
                 position = 0
-                while chunk := f.read(checkpoint.CHUNK):
+                while chunk := f.read(READ_CHUNK):
                     self.append(position, chunk)
                     position += len(chunk)
         return self.md5.digest()
@@ -255,6 +253,19 @@ def check_md5(url, part, expected, md5):
 def discard(part, problem):
     part.unlink()
     raise CorruptDownloadError(f"{problem}; {part} was deleted, so running the same command again downloads it afresh")
+
+
+def final(e, failed, attempts):
+    """Whether a try that failed with e, the `failed`-th in a row, is the last: a refused connection is
+    final at once; a name that does not resolve after one retry (offline, waiting changes nothing; one
+    retry covers a resolver's hiccup); anything else after `attempts` tries."""
+    return refused(e) or failed >= (min(attempts, 2) if unresolved(e) else attempts)
+
+
+def retry_delay(failed, backoff):
+    """Seconds to wait after the `failed`-th failed try in a row: backoff, 2 * backoff, 4 * backoff... (a minute
+    at most)."""
+    return min(backoff * 2 ** (failed - 1), 60)
 
 
 def failure_reason(e):

@@ -124,7 +124,9 @@ class Repo:
         self.folder = repo_folder(repo_id)
         self.endpoint = (os.environ.get("HF_ENDPOINT") or ENDPOINT).rstrip("/")
         ref = self.folder / "refs" / revision
-        self.commit = revision if COMMIT.fullmatch(revision) else ref.read_text().strip() if ref.is_file() else None
+        named = ref.read_text(errors="replace").strip() if ref.is_file() else ""
+        # A ref that names no commit (empty, cut short, garbage) counts as missing: fetching rewrites it.
+        self.commit = revision if COMMIT.fullmatch(revision) else named if COMMIT.fullmatch(named) else None
         self.session = None
 
     @property
@@ -183,7 +185,7 @@ class Repo:
     def head(self, filename):
         """The hub's answer to a HEAD of the file's resolve URL, following redirects within the hub but
         stopping at one that carries the file's metadata (an LFS file's, to its CDN) or leaves the host.
-        Timeouts, broken connections and 5xx answers are retried as download.py retries them."""
+        Timeouts, broken connections and 5xx (and 429) answers are retried as download.py retries them."""
         import requests
 
         url, failed, hops = self.url(filename), 0, 0
@@ -195,13 +197,12 @@ class Repo:
                     raise download.TransientError(f"HTTP {r.status_code} {r.reason}")
             except (download.TransientError, requests.ConnectionError, requests.Timeout) as e:
                 failed += 1
-                offline = download.refused(e) or "does not resolve" in download.failure_reason(e)
-                if offline or failed >= download.ATTEMPTS:
+                if download.final(e, failed, download.ATTEMPTS):
                     raise download.DownloadError(
                         f"cannot reach {self.endpoint} to fetch {self.repo_id} ({download.failure_reason(e)}), and "
                         f"the HuggingFace cache ({cache_dir()}) does not hold it whole: connect, set HF_ENDPOINT to "
                         f"a mirror, or pass a model folder") from None
-                time.sleep(min(download.BACKOFF * 2 ** (failed - 1), 60))
+                time.sleep(download.retry_delay(failed, download.BACKOFF))
                 continue
             target = urljoin(url, r.headers.get("Location", ""))
             if not r.is_redirect or "X-Linked-Etag" in r.headers or urlsplit(target).netloc != urlsplit(url).netloc:
@@ -237,7 +238,7 @@ def mismatch(part, etag, size):
     else:
         return None
     with open(part, "rb") as f:
-        while chunk := f.read(1 << 20):
+        while chunk := f.read(download.READ_CHUNK):
             digest.update(chunk)
     if digest.hexdigest() != etag.lower():
         return f"its hash is {digest.hexdigest()} where the hub says {etag}"

@@ -260,12 +260,16 @@ def test_bytes_that_do_not_match_the_hubs_hash_are_not_kept(fake_hub, source, tm
     np.testing.assert_array_equal(logits("org/tiny"), logits(source[0]))  # the next run fetches it afresh
 
 
-@pytest.mark.parametrize("endpoint, reason", [(None, "connection refused"), ("http://hub.invalid", "does not resolve")])
-def test_an_unreachable_endpoint_gives_one_clear_line(tmp_path, monkeypatch, endpoint, reason):
+@pytest.mark.parametrize("endpoint, reason, retries", [(None, "connection refused", 0),
+                                                       ("http://hub.invalid", "does not resolve", 1)])
+def test_an_unreachable_endpoint_gives_one_clear_line(tmp_path, monkeypatch, endpoint, reason, retries):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_ENDPOINT", endpoint or closed_port_url())
+    slept = []  # a refused connection is final at once, a name that does not resolve after one retry (as download.py)
+    monkeypatch.setattr(hub.time, "sleep", slept.append)
     with pytest.raises(download.DownloadError) as e:
         utils.load_model("org/tiny", quiet=True)
+    assert slept == [download.BACKOFF] * retries
     assert reason in str(e.value) and "\n" not in str(e.value)
     assert "does not hold it whole: connect, set HF_ENDPOINT to a mirror, or pass a model folder" in str(e.value)
     assert not list((tmp_path / "cache").rglob("*")) or not list((tmp_path / "cache").rglob("blobs/*"))
@@ -287,6 +291,23 @@ def test_hf_hub_offline_forbids_fetching(fake_hub, monkeypatch):
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE forbids fetching it"):
         utils.load_model("org/tiny", quiet=True)
     assert fake_hub.log == []
+
+
+@pytest.mark.parametrize("ref", ["", "\n", "not a commit\n", COMMIT[:39], "\xff\xfe"])
+def test_a_refs_file_that_names_no_commit_is_fetched_again(fake_hub, source, tmp_path, monkeypatch, ref):
+    expected = logits(source[0])
+    np.testing.assert_array_equal(logits("org/tiny"), expected)
+    repo = tmp_path / "cache" / "models--org--tiny"
+    (repo / "refs" / "main").write_bytes(ref.encode("latin-1"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"models--org--tiny \(no refs/main\)\) and HF_HUB_OFFLINE forbids"):
+        utils.load_model("org/tiny", quiet=True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    cdn_before = list(fake_hub.cdn.log)
+    np.testing.assert_array_equal(logits("org/tiny"), expected)
+    assert (repo / "refs" / "main").read_text() == COMMIT
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == [COMMIT]
+    assert fake_hub.cdn.log == cdn_before  # the blobs were in the cache: only the ref was asked again
 
 
 @pytest.mark.parametrize("text, parsed", [
