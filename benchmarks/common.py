@@ -8,6 +8,7 @@ name and renamed when complete, so an interrupted write is never mistaken for a 
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ SHAPES = {
     "774M": dict(n_vocab=50257, n_ctx=1024, n_embd=1280, n_head=20, n_layer=36),
     "1558M": dict(n_vocab=50257, n_ctx=1024, n_embd=1600, n_head=25, n_layer=48),
 }
+# A model small enough for the tests to run every workload in seconds; n_ctx is GPT-2's, for the long prompts.
+TINY = dict(n_vocab=50257, n_ctx=1024, n_embd=64, n_head=4, n_layer=2)
 
 
 def data_bytes(hparams):
@@ -123,6 +126,16 @@ def thread_env(threads):
     n = str(threads)
     return {**os.environ, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n,
             "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+
+
+def run(command, threads):
+    """(wall seconds, last line of stdout) of a command run in the benchmark's environment."""
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=thread_env(threads), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stderr}")
+    return seconds, result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
 def markdown_table(header, rows):

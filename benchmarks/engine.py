@@ -28,31 +28,17 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 import utils
-from benchmarks.common import (ROOT, SHAPES, add_run_options, check_run_options, data_bytes, ensure_checkpoint,
-                               markdown_table, thread_env)
-from benchmarks.workers import BATCH, N_NEW, N_STEPS, SCORE_TOKENS
+from benchmarks.common import (ROOT, SHAPES, TINY, add_run_options, check_run_options, data_bytes, ensure_checkpoint,
+                               markdown_table, run)
+from benchmarks.workers import BATCH, N_NEW, N_STEPS, PARTS, SCORE_TOKENS
 from kvcache import kv_cache_bytes
 
 CLI_PROMPT = "Alan Turing theorized that computers would one day become"
-# A model small enough for the test to run every workload in seconds; n_ctx is GPT-2's, for the long prompts.
-TINY = dict(n_vocab=50257, n_ctx=1024, n_embd=64, n_head=4, n_layer=2)
 WORKLOADS = ("decode", "ttft", "decode_short", "decode_deep", "score", "batch")
 TARGETS = dict(decode=2.0, ttft=0.9, decode_deep=2.0, deep_vs_short=0.8, score=1.2, batch=2.0, cold_start=0.5,
                rss=1.2, gemv=0.75, sgemm=0.70)
-PARTS = ("linear", "unembed", "attention", "gelu", "layer_norm")
-
-
-def run(command, threads):
-    """(wall seconds, last line of stdout) of a command run in the benchmark's environment."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=thread_env(threads), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stderr}")
-    return seconds, result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
 def run_worker(engine, model_dir, workloads, args):
@@ -156,7 +142,7 @@ def size_rows(runs, model_dirs, args):
     return rows
 
 
-def bound_rows(runs, bounds, args):
+def bound_rows(runs, bounds):
     """Our figures beside what the matrix products alone would allow, measured on each model's own matrices."""
     rows = []
     for size, engines in runs.items():
@@ -190,7 +176,7 @@ def notes(runs):
     return "\n".join(out)
 
 
-def machine(runs, bounds, args):
+def machine(runs, args):
     """The lines above the tables: the machine, the libraries, the threads."""
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     first = next(iter(runs.values()))
@@ -266,13 +252,13 @@ def main(argv=None):
     rows = workload_rows(runs["124M"], model_dirs["124M"], args) + size_rows(runs, model_dirs, args)
     hparams = utils.load_hparams(model_dirs[args.sizes[-1]] / "hparams.json")
     kv = kv_cache_bytes(hparams["n_layer"], hparams["n_embd"], 1, hparams["n_ctx"])
-    print(machine(runs, bounds, args))
+    print(machine(runs, args))
     print(markdown_table(["workload", "ours", "HF", "textbook", "ratio", "target", "met"], rows))
     print()
-    print(markdown_table(["bound", "ours", "bound", "of bound", "target", "met"], bound_rows(runs, bounds, args)))
+    print(markdown_table(["bound", "ours", "bound", "of bound", "target", "met"], bound_rows(runs, bounds)))
     print()
     print(f"KV cache at n_ctx ({hparams['n_ctx']} positions, batch 1) for {args.sizes[-1]}: {kv / 1e6:,.1f} MB; "
-          f"the weights: {data_bytes(TINY if args.tiny else SHAPES[args.sizes[-1]]) / 1e6:,.0f} MB")
+          f"the weights: {data_bytes(hparams) / 1e6:,.0f} MB")
     print(notes(runs))
 
 

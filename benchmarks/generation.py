@@ -15,17 +15,14 @@ Targets (issue 14): beams in at most 2.5x our greedy time, and in at most half H
 """
 import argparse
 import json
-import subprocess
 import sys
 
 import numpy as np
 
 import utils
-from benchmarks.common import (ROOT, add_run_options, best_of, check_run_options, ensure_checkpoint, markdown_table,
-                               thread_env)
+from benchmarks.common import TINY, add_run_options, best_of, check_run_options, ensure_checkpoint, markdown_table, run
 
 N_NEW, BEAMS, SAMPLES, LONG_PROMPT = 40, 4, 8, 500
-TINY = dict(n_vocab=50257, n_ctx=1024, n_embd=64, n_head=4, n_layer=2)  # for the test: every workload in seconds
 TARGETS = {"beams_vs_greedy": 2.5, "beams_vs_hf": 2.0}
 
 
@@ -88,10 +85,7 @@ def worker(engine, model_dir, repeats, threads):
 def run_worker(engine, model_dir, args):
     command = [sys.executable, "-m", "benchmarks.generation", "--worker", engine, "--model_dir", str(model_dir),
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    result = subprocess.run(command, cwd=ROOT, env=thread_env(args.threads), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(run(command, args.threads)[1])
 
 
 def rows(ours, hf):

@@ -24,14 +24,20 @@ LONG_PROMPT = 1000  # time to first token
 DEEP_PROMPT = 900  # decoding at a long context
 N_STEPS = 20  # the decode-at-context workloads time the first generated token to the 21st
 SCORE_TOKENS, SCORE_STRIDE = 4000, 512
+PARTS = ("linear", "unembed", "attention", "gelu", "layer_norm")  # gpt2.py's functions that --profile times
 
 
 def inputs(n_vocab, n_ctx):
     """The same ids in every process: a 10-token prompt, 8 others, and prompts of 1000 and 900 tokens, a text of 4000."""
     rng = np.random.default_rng(0)
     ids = lambda *shape: rng.integers(0, min(n_vocab, EOT), shape).tolist()  # no <|endoftext|>
-    return dict(short=ids(10), batch=ids(BATCH, 10), long=ids(min(LONG_PROMPT, n_ctx - 1)),
+    return dict(short=ids(10), batch=ids(BATCH, 10), long=ids(long_length(n_ctx)),
                 deep=ids(min(DEEP_PROMPT, n_ctx - N_STEPS - 1)), text=ids(SCORE_TOKENS))
+
+
+def long_length(n_ctx):
+    """Tokens in the long prompt, the first token's workload: 1000, or what a smaller context allows."""
+    return min(LONG_PROMPT, n_ctx - 1)
 
 
 def best_of(fn, repeats):
@@ -149,8 +155,6 @@ def hf(hparams, params, workloads, repeats, threads):
                          attn=model.config._attn_implementation, threads=torch.get_num_threads())
 
 
-
-
 # ---- The textbook baseline: picoGPT's gpt2.py, float32 throughout (python floats and math.sqrt, where
 # picoGPT's np.sqrt(...) scalars would turn every activation float64 under NumPy 2), no KV cache.
 
@@ -218,7 +222,7 @@ def bounds(hparams, params, repeats):
         for w in matrices(params):
             vectors.setdefault(w.shape[0], np.ones((1, w.shape[0]), dtype=np.float32)) @ w
     gemv_seconds, _ = best_of(one_token, max(repeats, 10))
-    n_seq = inputs(hparams["n_vocab"], hparams["n_ctx"])["long"].__len__()
+    n_seq = long_length(hparams["n_ctx"])
     block = list(matrices(params))[:4]
     rows = {w.shape[0]: np.ones((n_seq, w.shape[0]), dtype=np.float32) for w in block}
     sgemm_seconds, _ = best_of(lambda: [rows[w.shape[0]] @ w for w in block], max(repeats, 5))
@@ -254,7 +258,7 @@ def profile(hparams, params, workloads, repeats):
             finally:
                 totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
         return wrapper
-    for name in ("linear", "unembed", "attention", "gelu", "layer_norm"):
+    for name in PARTS:
         setattr(gpt2, name, timed(name, getattr(gpt2, name)))
     report, runs = {}, ours_runs(hparams, params)
     for name in workloads:
@@ -282,7 +286,7 @@ def main(argv):
         report["results"] = textbook(hparams, params, workloads, repeats)
     elif engine == "bounds":
         report["bounds"] = bounds(hparams, params, repeats)
-        report["prefill_flops"] = prefill_flops(hparams, len(inputs(hparams["n_vocab"], hparams["n_ctx"])["long"]))
+        report["prefill_flops"] = prefill_flops(hparams, long_length(hparams["n_ctx"]))
     elif engine == "profile":
         report["profile"] = profile(hparams, params, workloads, repeats)
     print(json.dumps(report))
