@@ -85,12 +85,11 @@ def ensure_checkpoint(model_size, models_dir=BENCH_DIR, hparams=None):
 
 
 def available_memory():
-    """Bytes of memory the kernel says can be had without swapping (MemAvailable); unlimited where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return math.inf
+    """Bytes of memory the kernel says can be had without swapping (cli.memory_available); unlimited where unknown."""
+    from cli import memory_available
+
+    available = memory_available()
+    return math.inf if available is None else available
 
 
 def spilled(tree, folder, name="params"):
