@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,16 +73,26 @@ def ensure_checkpoint(model_size, models_dir=BENCH_DIR, hparams=None):
 
     print(f"writing a random-weight checkpoint ({hparams['n_layer']} layers, n_embd {hparams['n_embd']}) "
           f"to {model_dir} (once) ...", flush=True)
-    writing = Path(tempfile.mkdtemp(prefix=f".{model_size}-writing-", dir=model_dir.parent))
-    try:
-        spill = writing / "spill"
+    with written_once(model_dir) as writing:
+        spill = writing.parent / "spill"
         spill.mkdir()
-        write_checkpoint(writing, model_size, hparams, spilled(random_params(hparams), spill))
-        shutil.rmtree(model_dir, ignore_errors=True)  # a stale or mismatched copy
-        os.replace(writing / model_size, model_dir)
-    finally:
-        shutil.rmtree(writing, ignore_errors=True)
+        write_checkpoint(writing.parent, writing.name, hparams, spilled(random_params(hparams), spill))
     return model_dir
+
+
+@contextmanager
+def written_once(folder):
+    """The path to write `folder` to: in a temporary folder beside it, renamed to `folder` (replacing a stale or
+    partial copy) when the block completes; the temporary folder and anything else in it are removed either way."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-writing-", dir=folder.parent))
+    try:
+        yield scratch / folder.name
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(scratch / folder.name, folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def available_memory():
@@ -127,14 +138,21 @@ def thread_env(threads):
             "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 
 
-def run(command, threads):
-    """(wall seconds, last line of stdout) of a command run in the benchmark's environment."""
+def run(command, threads=None):
+    """(wall seconds, last line of stdout) of a command run from the repo in the benchmark's environment
+    (thread_env(threads)), or with threads None in this process's environment as it is."""
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=thread_env(threads), capture_output=True, text=True)
+    env = None if threads is None else thread_env(threads)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stderr}")
     return seconds, result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+def verdict(ok):
+    """A table's "met" cell: "yes", "NO", or "—" where there is no target (ok None)."""
+    return "—" if ok is None else "yes" if ok else "NO"
 
 
 def markdown_table(header, rows):

@@ -14,22 +14,22 @@ the page cache is warm. Then, each in a fresh process:
 - transformers: GPT2LMHeadModel.from_pretrained on the same folder (float32), time and peak RSS.
 """
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
-from benchmarks.common import BENCH_DIR, ROOT, SHAPES
+from benchmarks.common import BENCH_DIR, SHAPES, run, written_once
+
+# The probes run as scripts of their own, with their own rss() and best-of loop: importing benchmarks.common
+# would add its modules to the memory they measure.
+RSS = """
+def rss():  # VmHWM is this process's peak (ru_maxrss would carry over the parent's peak across exec)
+    fields = dict(line.split(":") for line in open("/proc/self/status"))
+    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
+"""
 
 PROBE = """
 import json, sys, time
 folder = sys.argv[1]
-
-def rss():  # VmHWM is this process's peak (ru_maxrss would carry over the parent's peak across exec)
-    fields = dict(line.split(":") for line in open("/proc/self/status"))
-    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
-
+""" + RSS + """
 import gpt2, hf_checkpoint, hf_tokenizer
 before = rss()
 start = time.perf_counter()
@@ -52,6 +52,7 @@ print(json.dumps(dict(first=first, best=best, tokenizer=tokenizer, before=before
 
 HF_PROBE = """
 import json, sys, time
+""" + RSS + """
 import torch
 from transformers import GPT2LMHeadModel
 start = time.perf_counter()
@@ -59,8 +60,7 @@ model = GPT2LMHeadModel.from_pretrained(sys.argv[1], dtype=torch.float32)
 seconds = time.perf_counter() - start
 with torch.no_grad():
     model(torch.tensor([[464, 3290]]))
-status = dict(line.split(":") for line in open("/proc/self/status"))
-print(json.dumps(dict(seconds=seconds, peak=int(status["VmHWM"].split()[0]) * 1024)))
+print(json.dumps(dict(seconds=seconds, peak=rss()["VmHWM"])))
 """
 
 
@@ -69,22 +69,11 @@ def ensure_folder(dtype):
     folder = BENCH_DIR / f"hf-124M-{dtype}"
     if (folder / "model.safetensors").is_file():
         return folder
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from tests.conftest import random_params, write_hf_folder
 
-    shape = SHAPES["124M"]
     print(f"writing a random-weight 124M folder in {dtype} to {folder} (once) ...", flush=True)
-    config = GPT2Config(vocab_size=shape["n_vocab"], n_positions=shape["n_ctx"], n_embd=shape["n_embd"],
-                        n_layer=shape["n_layer"], n_head=shape["n_head"])
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    writing = tempfile.mkdtemp(prefix=f".{folder.name}-writing-", dir=folder.parent)
-    try:
-        GPT2LMHeadModel(config).to(getattr(torch, dtype)).save_pretrained(writing)
-        shutil.copyfile(ROOT / "vocab" / "encoder.json", f"{writing}/vocab.json")
-        shutil.copyfile(ROOT / "vocab" / "vocab.bpe", f"{writing}/merges.txt")
-        os.replace(writing, folder)
-    finally:
-        shutil.rmtree(writing, ignore_errors=True)
+    with written_once(folder) as writing:
+        write_hf_folder(writing, SHAPES["124M"], random_params(SHAPES["124M"]), dtype)
     return folder
 
 
@@ -94,9 +83,9 @@ def warm(path):
             pass
 
 
-def run(probe, folder):
-    result = subprocess.run([sys.executable, "-c", probe, str(folder)], cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def measure(probe, folder):
+    """The JSON line a probe prints, run from the repo in this process's environment as it is."""
+    return json.loads(run([sys.executable, "-c", probe, str(folder)])[1])
 
 
 def main():
@@ -105,7 +94,7 @@ def main():
         folder = ensure_folder(dtype)
         warm(folder / "model.safetensors")
         file_mb = (folder / "model.safetensors").stat().st_size / 1e6
-        ours, theirs = run(PROBE, folder), run(HF_PROBE, folder)
+        ours, theirs = measure(PROBE, folder), measure(HF_PROBE, folder)
         grow = {key: (ours["loaded"][key] - ours["before"][key]) / 1e6 for key in ("RssAnon", "RssFile")}
         rows.append((dtype, file_mb, ours, theirs, grow))
     print(f"{'folder':<8} {'file MB':>8} {'weights s (best)':>17} {'first s':>8} {'tokenizer s':>12} "
