@@ -2,8 +2,8 @@
 
 It parses the options (cli_options.py, which refuses any that the chosen mode would ignore), checks that the
 work fits in memory, loads the model (utils.py), and runs one mode: stream one continuation, a batch
-(--n_samples, --prompts_file), --interactive (the loop is in interactive.py), --score, or a look inside the
-prompt (--inspect, --html; lens.py). Progress bars go to stderr, and only when stderr is a terminal.
+(--n_samples, --prompts_file), --interactive (the loop is in interactive.py), --score, a look inside the
+prompt (--inspect, --html; lens.py), or --serve (server/). Progress bars go to stderr, and only when stderr is a terminal.
 """
 import math
 import os
@@ -87,6 +87,11 @@ def run(args, utils):
     if args.verify and args.model not in utils.MODEL_SIZES:  # a folder or hub id: refused before it is loaded (or fetched)
         utils.tf_model_dir(args.model, args.models_dir)
     encoder, hparams, params = utils.load_model(args.model, args.models_dir)
+    if args.serve:
+        from server.serve import API_KEY_ENV, serve
+
+        api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+        return serve(encoder, hparams, params, args.model, args.host, args.port, api_key, args.cors_origin)
     if args.verify:  # the shapes were checked as the model loaded; this reads every byte
         model_dir = utils.tf_model_dir(args.model, args.models_dir)
         checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir), quiet=not sys.stderr.isatty())

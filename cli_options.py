@@ -14,6 +14,7 @@ BEAMS = ("num_beams", "length_penalty", "early_stopping")
 GENERATING = ("n_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eot", "slide", *CONTROLS, *BEAMS,
               "logprobs")
 SCORING = ("per_token", "stride")
+SERVING = ("host", "port", "api_key", "cors_origin")  # only with --serve
 SAMPLING = ("top_k", "top_p", "seed")  # each asks for a draw, so they turn sampling on (as does --n_samples above 1)
 EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -123,12 +124,21 @@ def parse_args(argv, model_sizes):
     modes.add_argument("--logprobs", type=whole_number, metavar="N", help="after each text, a table of every generated "
                        "token's log-probability under the model, as chosen, and the model's N most likely tokens")
     modes.add_argument("--verify", action="store_true", help="first check every tensor against its crc32c; alone, only that")
+    serving = parser.add_argument_group("serving (server/)", "Serve the model over HTTP with OpenAI's completions API: "
+                                        "each request brings its own prompt and options.")
+    serving.add_argument("--serve", action="store_true", help="load the model once, then answer HTTP requests until Ctrl-C")
+    serving.add_argument("--host", help="the address to listen on (default: 127.0.0.1, this machine only)")
+    serving.add_argument("--port", type=whole_number, help="the port to listen on, 0 for any free one (default: 8000)")
+    serving.add_argument("--api_key", help="ask every request for `Authorization: Bearer KEY` (default: $GPT2_API_KEY, "
+                         "else none)")
+    serving.add_argument("--cors_origin", action="append", default=[], metavar="ORIGIN", help="let pages from this "
+                         "origin (such as http://localhost:3000, or *) call the API from a browser (repeatable; default: none)")
     looking = parser.add_argument_group("looking inside (lens.py)", "These read the prompt, at most n_ctx tokens, and generate nothing.")
     looking.add_argument("--inspect", action="store_true", help="print each token's probability, rank, the entropy and the likeliest tokens at its place")
     looking.add_argument("--html", metavar="FILE", help="write a page (one file, no network): tokens coloured by rank, attention heatmaps, the logit lens")
     looking.add_argument("--prepend_eot", action="store_true", help="with --inspect or --html, read the prompt after <|endoftext|>, so its first token is scored too")
     args = parser.parse_args(argv)
-    problem = inspect_conflict(args) or conflict(args)
+    problem = serve_conflict(args) or inspect_conflict(args) or conflict(args)
     if problem:
         parser.error(problem)
     beam_search = (args.num_beams or 1) > 1
@@ -140,7 +150,24 @@ def parse_args(argv, model_sizes):
     args.n_tokens, args.n_samples = args.n_tokens or N_TOKENS, args.n_samples or 1
     args.model = args.model or args.model_size or "124M"
     args.models_dir = args.models_dir or "models"
+    args.host, args.port = args.host or "127.0.0.1", 8000 if args.port is None else args.port
     return args
+
+
+def serve_conflict(args):
+    """What is wrong with --serve (or its options) in this command, or None."""
+    if not args.serve:
+        unused = given(args, SERVING)
+        return unused and f"{' and '.join(unused)} only {'applies' if len(unused) == 1 else 'apply'} with --serve: give --serve, or drop {'it' if len(unused) == 1 else 'them'}"
+    if args.port is not None and args.port > 65535:
+        return f"--port must be from 0 to 65535, got {args.port}"
+    if args.prompt is not None:
+        return "--serve takes its prompts from HTTP requests: drop the prompt (or --serve)"
+    unused = given(args, (*GENERATING, *SCORING, "n_samples", "prompts_file", "interactive", "score", "verify",
+                          "allow_special", "inspect", "html", "prepend_eot"))
+    if unused:
+        return f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing with --serve, where each request brings its own options: drop {'it' if len(unused) == 1 else 'them'}"
+    return None
 
 
 def given(args, names):
@@ -156,6 +183,8 @@ def conflict(args):
         return "give --model or --model_size, not both"
     if args.model is not None and args.model not in MODEL_SIZES and args.models_dir is not None:
         return f"--models_dir holds OpenAI's sizes; --model {args.model} is a folder or hub id of its own: drop --models_dir"
+    if args.serve:  # serve_conflict checked the rest
+        return None
     if args.prompt is not None and args.prompts_file is not None:
         return "give a prompt or --prompts_file, not both"
     if args.interactive and texts:

@@ -91,16 +91,45 @@ def ban_eot(logits, eos=EOT):  # [n_vocab] -> [n_vocab]
     return out
 
 
+def bias_logits(logits, logit_bias):  # [n_vocab] -> [n_vocab]
+    """OpenAI's logit_bias: each (id, bias) pair adds bias to that token's logit. ((464, -100),) all but bans 464."""
+    out = logits.copy()
+    for i, bias in logit_bias:
+        out[i] += np.float32(bias)
+    return out
+
+
+def penalize_presence(generated, logits, presence_penalty, frequency_penalty):  # [n], [n_vocab] -> [n_vocab]
+    """OpenAI's penalties: each token's logit minus frequency_penalty times how often it was generated, and minus
+    presence_penalty once if it was generated at all. Only generated tokens count, as in vLLM, not the prompt's.
+
+    generated [7, 7], presence 0.5, frequency 1 -> logit 7 lowered by 0.5 + 2 * 1 = 2.5
+    """
+    seen, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+    out = logits.copy()
+    out[seen] -= np.float32(frequency_penalty) * counts.astype(np.float32) + np.float32(presence_penalty)
+    return out
+
+
 class Controls(NamedTuple):
-    """The generation controls, with HuggingFace's names and defaults (each default changes nothing)."""
+    """The generation controls, with HuggingFace's names and defaults (each default changes nothing); and OpenAI's
+    logit_bias, presence_penalty and frequency_penalty, which the server takes."""
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     bad_words_ids: tuple = ()
     min_new_tokens: int = 0
     eos_token_id: int = EOT  # the token min_new_tokens keeps away
+    logit_bias: tuple = ()  # ((id, bias), ...)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __call__(self, ids, n_new, logits):  # [n], [n_vocab] -> [n_vocab]
-        """The logits with every control applied, in HF's order; `n_new` tokens of ids were generated."""
+        """The logits with every control applied: OpenAI's first (logit_bias, then the penalties on what was
+        generated, as vLLM orders them), then HF's in its order; `n_new` tokens of ids were generated."""
+        if self.logit_bias:
+            logits = bias_logits(logits, self.logit_bias)
+        if (self.presence_penalty or self.frequency_penalty) and n_new:
+            logits = penalize_presence(ids[len(ids) - n_new :], logits, self.presence_penalty, self.frequency_penalty)
         if self.repetition_penalty != 1:
             logits = penalize_repetition(ids, logits, self.repetition_penalty)
         if self.no_repeat_ngram_size:
@@ -113,9 +142,17 @@ class Controls(NamedTuple):
 
     @classmethod
     def checked(cls, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None, min_new_tokens=0,
-                n_vocab=EOT + 1, eos_token_id=EOT):
-        """Controls from HF-named options, or a ValueError saying what is wrong with one and what to give instead.
-        eos_token_id is the model's end token (decoding.end_token), None if it has none."""
+                n_vocab=EOT + 1, eos_token_id=EOT, logit_bias=None, presence_penalty=0.0, frequency_penalty=0.0):
+        """Controls from HF-named options (and OpenAI's three), or a ValueError saying what is wrong with one and what
+        to give instead. eos_token_id is the model's end token (decoding.end_token), None if it has none."""
+        for name, value in [("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)]:
+            if not (is_number(value) and -2 <= value <= 2):
+                raise ValueError(f"{name} must be a number from -2 to 2 (0 turns it off), as OpenAI allows; got {value!r}")
+        bias = {} if logit_bias is None else logit_bias
+        if not isinstance(bias, dict) or not all(is_whole(i, 0) and i < n_vocab and is_number(b) and -100 <= b <= 100
+                                                 for i, b in bias.items()):
+            raise ValueError(f"logit_bias must map token ids in [0, {n_vocab}) to numbers from -100 to 100, "
+                             f"such as {{464: -100}}; got {logit_bias!r}")
         if not (is_number(repetition_penalty) and 0 < repetition_penalty < math.inf):
             raise ValueError(f"repetition_penalty must be a number above 0 (1 changes nothing; HF suggests 1.2), "
                              f"got {repetition_penalty!r}")
@@ -135,7 +172,8 @@ class Controls(NamedTuple):
             raise ValueError(f"min_new_tokens keeps the end token away, but this model has none: its vocabulary of "
                              f"{n_vocab} has no <|endoftext|> at {EOT}; give eos_token_id, or leave min_new_tokens out")
         return cls(float(repetition_penalty), int(no_repeat_ngram_size), tuple(words), int(min_new_tokens),
-                   EOT if eos_token_id is None else eos_token_id)
+                   EOT if eos_token_id is None else eos_token_id, tuple((int(i), float(b)) for i, b in sorted(bias.items())),
+                   float(presence_penalty), float(frequency_penalty))
 
 
 # ---- Sampling

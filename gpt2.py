@@ -13,7 +13,7 @@ import numpy as np
 
 import generation
 from beam import check_search
-from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, end_token, is_whole, softmax  # noqa: F401 (EOT: gpt2.EOT)
+from decoding import EOT, Controls, check_logprobs, check_sampling, chooser, end_token, is_whole, softmax, top_indices  # noqa: F401 (EOT: gpt2.EOT)
 from kvcache import KVCache, room
 
 # The tanh approximation of GELU that GPT-2 was trained with. A float32 constant on purpose:
@@ -271,7 +271,7 @@ def check_ids(ids, n_vocab):
 def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, top_p=None, rng=None,
                     stop_at_eot=True, slide=False, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None,
                     min_new_tokens=0, num_beams=1, length_penalty=1.0, early_stopping=False, num_return_sequences=1,
-                    logprobs=None, eos_token_id=None):
+                    logprobs=None, eos_token_id=None, logit_bias=None, presence_penalty=0.0, frequency_penalty=0.0):
     """The tokens that follow `inputs`, step by step: a generator of ids, as soon as each is chosen.
 
     `inputs` is one prompt (a list of ids; each step yields an int) or a batch of prompts of any
@@ -284,7 +284,8 @@ def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=
     whenever the window is full, generation continues from the most recent n_ctx // 2 tokens.
     HuggingFace's controls, with its names and meaning, apply before temperature, top_k and top_p, each
     row seeing its whole prompt and what it generated (decoding.py): `repetition_penalty`,
-    `no_repeat_ngram_size`, `bad_words_ids` (a list of lists of ids), `min_new_tokens`.
+    `no_repeat_ngram_size`, `bad_words_ids` (a list of lists of ids), `min_new_tokens`; before them OpenAI's
+    `logit_bias` ({id: bias}), `presence_penalty` and `frequency_penalty` (on generated tokens only).
     `num_beams` above 1 is beam search (beam.py), with `length_penalty`, `early_stopping` (True, False or
     "never"): its ids come only once the search is done. `num_return_sequences` rows continue each prompt,
     one after another (a list for one prompt too): samples of one prompt, which is read once, or the best
@@ -298,7 +299,8 @@ def generate_stream(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=
     check_sampling(temperature, top_k, top_p)
     eos = end_token(eos_token_id, n_vocab)
     ends_at = eos if stop_at_eot else None
-    controls = Controls.checked(repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, n_vocab, eos)
+    controls = Controls.checked(repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, n_vocab, eos,
+                                logit_bias, presence_penalty, frequency_penalty)
     check_search(num_beams, length_penalty, early_stopping, num_return_sequences, temperature, slide)
     check_logprobs(logprobs, n_vocab)
     forward = lambda tokens, kvcache, mask: gpt2(tokens, **params, n_head=n_head, kvcache=kvcache, mask=mask, last_only=True)
@@ -329,8 +331,11 @@ def generate(inputs, params, n_head, n_tokens=40, temperature=0.0, top_k=None, t
     return (out[0][0], out[1][0]) if with_logprobs else out[0]
 
 
-def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
+def score(ids, params, n_head, stride=None, progress=None, n_top=None):  # [n] -> [n - 1]
     """Natural-log probability of each token given those before it: one float32 for each of ids[1:].
+    With n_top, also the n_top most likely tokens at each of those places: (logprobs [n - 1],
+    top ids [n - 1, n_top], their log-probs [n - 1, n_top]), a token's own log-prob the same float as its
+    entry in the top when it is there.
 
     A text longer than n_ctx is read in windows of n_ctx tokens that start every `stride` tokens
     (default n_ctx // 2); each token is scored once, in the first window that ends past it, with
@@ -345,6 +350,8 @@ def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
     if len(ids) < 2:
         raise ValueError(f"scoring needs at least 2 tokens (the first has no context), got {len(ids)}")
     check_ids(ids, n_vocab)
+    if n_top is not None and not is_whole(n_top, 0):
+        raise ValueError(f"n_top must be a whole number, got {n_top!r}")
     ids = np.asarray(ids)
     scored, done = [], 1  # ids[:done] are scored (the first never is)
     for begin in range(0, len(ids), stride):
@@ -352,26 +359,35 @@ def score(ids, params, n_head, stride=None, progress=None):  # [n] -> [n - 1]
         # Only the positions whose next token this window scores, ids[done:end], need their output.
         x, _ = transformer(ids[None, begin:end], params["wte"], params["wpe"], params["blocks"], n_head, n_out=end - done + 1)
         x = layer_norm(x[0, :-1], **params["ln_f"])  # [end - done, n_embd]
-        scored.append(target_logprobs(x, ids[done:end], params["wte"], params.get("lm_head")))
+        scored.append(target_logprobs(x, ids[done:end], params["wte"], params.get("lm_head"), n_top=n_top))
         done = end
         if progress:
             progress(done - 1, len(ids) - 1)
         if end == len(ids):
             break
-    return np.concatenate(scored)
+    if n_top is None:
+        return np.concatenate(scored)
+    return tuple(np.concatenate(part) for part in zip(*scored))
 
 
-def target_logprobs(x, targets, wte, lm_head=None, rows=256):  # [n, n_embd], [n] -> [n]
+def target_logprobs(x, targets, wte, lm_head=None, rows=256, n_top=None):  # [n, n_embd], [n] -> [n]
     """log_softmax(unembed(x))[i, targets[i]] for each row, `rows` rows at a time: a [rows, n_vocab] block of
-    logits at once (51 MB) rather than [n, n_vocab] (410 MB for a 2048-token window)."""
+    logits at once (51 MB) rather than [n, n_vocab] (410 MB for a 2048-token window). With n_top, also the
+    n_top most likely ids of each row and their log-probs: ([n], [n, n_top], [n, n_top])."""
     out = np.empty(len(x), dtype=np.float32)
+    k = n_top or 0
+    top_ids, top_logprobs = np.empty((len(x), k), dtype=np.int64), np.empty((len(x), k), dtype=np.float32)
     for i in range(0, len(x), rows):
         logits = unembed(x[i : i + rows], wte, lm_head)  # [rows, n_vocab], a fresh array: worked on in place
-        picked = logits[np.arange(len(logits)), targets[i : i + rows]]
         top = logits.max(axis=-1, keepdims=True)
-        logits -= top
-        out[i : i + rows] = picked - top[:, 0] - np.log(np.exp(logits, out=logits).sum(axis=-1))
-    return out
+        logits -= top  # every log-prob below is (logit - top) - log(sum(exp(logit - top))), the same float for a token
+        picked = logits[np.arange(len(logits)), targets[i : i + rows]]
+        best = np.stack([top_indices(row, k) for row in logits])
+        best_shifted = np.take_along_axis(logits, best, axis=-1)
+        log_total = np.log(np.exp(logits, out=logits).sum(axis=-1))
+        out[i : i + rows] = picked - log_total
+        top_ids[i : i + rows], top_logprobs[i : i + rows] = best, best_shifted - log_total[:, None]
+    return out if n_top is None else (out, top_ids, top_logprobs)
 
 
 if __name__ == "__main__":

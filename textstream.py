@@ -8,13 +8,17 @@ class TextStream:
     """Ids in, printable text out, for one sequence: only whole UTF-8 characters, <|endoftext|>
     never shown when it ends the text, and text that ends just before the first stop string.
 
-    Text that could still be the start of a stop string is held back until it cannot be.
+    Text that could still be the start of a stop string is held back until it cannot be. `after` are ids shown
+    before this text (an echoed prompt, see whole_characters): the bytes of their unfinished last character,
+    if any, start this text.
     """
 
-    def __init__(self, encoder, stop=(), stop_at_eot=True):
+    def __init__(self, encoder, stop=(), stop_at_eot=True, after=()):
         self.decoder, self.stop = encoder.incremental_decoder(), [s for s in stop if s]
         self.end = encoder.eot_token if stop_at_eot else None  # the tokenizer's <|endoftext|>, if it has one
         self.held, self.done = "", False
+        for token_id in after:
+            self.decoder.decode(token_id)
 
     def add(self, token_id):
         if self.done:
@@ -71,6 +75,13 @@ def text_pieces(token_ids, encoder, stop=(), stop_at_eot=True):
     piece = text.flush()
     if piece:
         yield piece
+
+
+def whole_characters(ids, encoder):
+    """The text of ids up to their last whole character: what shows of a prompt that a TextStream(after=ids)
+    continues. [47249] (the first 3 bytes of an emoji) -> ""."""
+    decoder = encoder.incremental_decoder()
+    return "".join(decoder.decode(i) for i in ids)
 
 
 def decode_text(ids, encoder, stop=(), stop_at_eot=True):

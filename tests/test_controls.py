@@ -308,6 +308,11 @@ def test_samples_of_a_batch_come_prompt_by_prompt(long_context, monkeypatch):
         (dict(logprobs=True), "logprobs must be None, or how many"),
         (dict(num_return_sequences=2), "would give 2 copies of one text: sample (temperature above 0) or search"),
         (dict(num_return_sequences=0, temperature=1), "num_return_sequences must be a whole number of at least 1"),
+        (dict(presence_penalty=2.5), "presence_penalty must be a number from -2 to 2"),
+        (dict(frequency_penalty="1"), "frequency_penalty must be a number from -2 to 2"),
+        (dict(logit_bias={464: 101}), "logit_bias must map token ids"),
+        (dict(logit_bias={50257: 1}), "logit_bias must map token ids in [0, 50257)"),
+        (dict(logit_bias=[464]), "logit_bias must map token ids"),
     ],
 )
 def test_bad_controls(eot_model, options, message):
@@ -315,3 +320,23 @@ def test_bad_controls(eot_model, options, message):
     with pytest.raises(ValueError) as e:
         gpt2.generate_stream([464], params, hparams["n_head"], n_tokens=2, **options)  # checked before any step
     assert message in str(e.value)
+
+
+def test_openai_penalties_and_logit_bias():
+    logits = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    controls = decoding.Controls.checked(n_vocab=4, eos_token_id=None, logit_bias={0: 5, 3: -1.5}, presence_penalty=0.5,
+                                         frequency_penalty=1.0)
+    # ids: a prompt [2, 2] (not counted: only generated tokens are), then generated [1, 3, 1]
+    out = controls([2, 2, 1, 3, 1], 3, logits)
+    np.testing.assert_array_equal(out, [1 + 5, 2 - 0.5 - 2 * 1.0, 3, 4 - 1.5 - 0.5 - 1.0])
+    assert out.dtype == np.float32 and logits.tolist() == [1, 2, 3, 4]  # the logits passed in are left alone
+    np.testing.assert_array_equal(controls([2, 2], 0, logits), [6, 2, 3, 2.5])  # nothing generated yet: the bias alone
+    assert decoding.Controls.checked(n_vocab=4, eos_token_id=None, logit_bias={}) == decoding.Controls(eos_token_id=EOT)
+
+
+def test_logit_bias_steers_generation(eot_model):
+    hparams, params, _, _ = eot_model
+    free = gpt2.generate([464, 3290], params, hparams["n_head"], 6)
+    banned = gpt2.generate([464, 3290], params, hparams["n_head"], 6, logit_bias={free[0]: -100})
+    forced = gpt2.generate([464, 3290], params, hparams["n_head"], 6, logit_bias={464: 100})
+    assert banned[0] != free[0] and forced == [464] * 6
