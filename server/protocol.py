@@ -15,7 +15,7 @@ from encoder import ENDOFTEXT
 
 MAX_N = 16  # choices per prompt
 MAX_LOGPROBS = 5  # the most likely tokens listed beside each one, as OpenAI allows
-MAX_STOP = 4  # stop strings, as OpenAI allows
+MAX_STOP = 16  # stop strings (OpenAI allows 4; lm-eval sends a task's until list and <|endoftext|>, 6 for humaneval)
 NEG_INF = -9999.0  # what a log-prob of -inf is sent as: JSON has no infinity (vLLM sends the same number)
 
 
