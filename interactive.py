@@ -6,9 +6,12 @@ that line, and Ctrl-D or Ctrl-C at an empty prompt quits. From a pipe or file: e
 exactly one line on stdout, an empty one when the line is blank or fails (its error goes to stderr), so
 outputs line up with inputs.
 """
+import contextlib
+import signal
 import sys
 
 HINT = "Type a prompt and press Enter. Ctrl-C stops a generation; Ctrl-D, or Ctrl-C at an empty prompt, quits."
+TICK = 0.1  # seconds between the wake-ups that let readline see a Ctrl-C (see ticking)
 
 
 def run(respond, program):
@@ -26,7 +29,8 @@ def run(respond, program):
         print(HINT, file=sys.stderr)
     while True:
         try:
-            line = input("> " if terminal and sys.stdout.isatty() else "")
+            with ticking() if readline else contextlib.nullcontext():
+                line = input("> " if terminal and sys.stdout.isatty() else "")
         except EOFError:  # Ctrl-D, or the end of piped input
             if terminal:
                 print()  # so that the shell's prompt starts on a line of its own
@@ -50,3 +54,25 @@ def run(respond, program):
             if not terminal:
                 raise
             print()  # ends the continuation cut short; the next prompt follows
+
+
+@contextlib.contextmanager
+def ticking():
+    """A SIGALRM that does nothing, every TICK seconds, while readline waits for a line.
+
+    CPython's readline loop looks for a pending Ctrl-C only when its select() is interrupted, so a Ctrl-C
+    that lands while readline is busy (drawing the prompt, echoing a key, taking in a paste) goes unseen
+    until Enter, and then quits instead of dropping the line. The tick interrupts select(), and the Ctrl-C
+    takes effect within TICK.
+    """
+    if not hasattr(signal, "setitimer"):  # Windows, which has no readline either
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.siginterrupt(signal.SIGALRM, False)  # other system calls resume; select() is interrupted regardless
+    signal.setitimer(signal.ITIMER_REAL, TICK, TICK)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -3,8 +3,10 @@
 A folder, `<models_dir>/<model_size>/`, counts as present only when all seven files are there under their final
 names. `checkpoint` lands last, after every tensor passed its crc32c check (checkpoint.verify) and its shape
 matched hparams.json, so a folder that model_is_present() accepts was checked whole; a corrupt download is
-deleted, not kept. A folder that lacks only the vocab (encoder.json, vocab.bpe) needs no network: the repo
-ships it in vocab/, and it is copied in. The downloading itself (resuming, retrying, locking) is download.py's.
+deleted, not kept. The vocab (encoder.json, vocab.bpe) is never downloaded: the repo ships it in vocab/, and it
+is copied in before anything is fetched, so a folder that lacks only the vocab needs no network, and an offline
+run's error names the checkpoint file it could not fetch. The downloading itself (resuming, retrying, locking)
+is download.py's.
 
 `python utils.py download` is the command line for it.
 """
@@ -36,9 +38,10 @@ def download_gpt2_files(model_size, model_dir, base_url=None, *, check=None, tim
     index or data file is deleted and a CorruptDownloadError says so. `check(prefix)`, if given, runs
     after the crc32c check and raises a ValueError when the tensors do not fit hparams.json (utils.py
     passes its shape check); hparams.json is then deleted, the odd one out since the index and data
-    passed their checksums. A folder that lacks only encoder.json and vocab.bpe gets the shipped ones
-    (returning []). A second process downloading into the same folder waits for the first and then
-    finds the files there (returning []). `quiet` turns off the progress bars and notes on stderr.
+    passed their checksums. encoder.json and vocab.bpe are copied from the shipped vocab/ before anything is
+    fetched, and never fetched (a folder that lacks only them returns []). A second process downloading into
+    the same folder waits for the first and then finds the files there (returning []). `quiet` turns off the
+    progress bars and notes on stderr.
     """
     import requests
 
@@ -50,8 +53,9 @@ def download_gpt2_files(model_size, model_dir, base_url=None, *, check=None, tim
     model_dir.mkdir(parents=True, exist_ok=True)
     with model_lock(model_dir, quiet), requests.Session() as session:
         missing = [name for name in FILENAMES if not (model_dir / name).is_file()]
-        if set(missing) <= set(VOCAB):  # another process finished it while this one waited, or it lacks only the vocab
-            copy_vocab(model_dir, missing)
+        copy_vocab(model_dir, [name for name in missing if name in VOCAB])
+        missing = [name for name in missing if name not in VOCAB]
+        if not missing:  # another process finished it while this one waited, or it lacked only the vocab
             return []
         (model_dir / "checkpoint").unlink(missing_ok=True)
         names = [name for name in missing if name != "checkpoint"]

@@ -77,8 +77,9 @@ def test_weights_missing_and_no_network(tmp_path):
     assert_clean_error(result, "could not download", "`python utils.py download --model_size 124M`",
                        f"into {tmp_path}/", "--models_dir")
     assert len(result.stderr.strip().splitlines()) == 1
+    assert "hparams.json" in result.stderr and "encoder.json" not in result.stderr  # what is missing: the checkpoint
     assert not openai_files.model_is_present(tmp_path / "124M")
-    assert list((tmp_path / "124M").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "124M").iterdir()) == ["encoder.json", "vocab.bpe"]  # the shipped vocab
 
 
 def test_checkpoint_that_does_not_fit_its_hparams(tiny_dir, tmp_path):

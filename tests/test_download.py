@@ -2,9 +2,10 @@
 
 The server (stdlib http.server, with Range support) serves the tiny test checkpoint as <url>/124M/<file>
 and injects the faults of home networks and flaky mirrors: dropped connections, short bodies, 5xx, 4xx,
-corrupted bytes, MD5 headers, ignored Range requests, stalls past the read timeout, slow bodies for
+corrupted bytes, MD5 headers, ignored Range requests, stalls past the read timeout, bodies held mid-way for
 concurrent downloaders and Ctrl-C. Every case must end in a correct model or a clear error, and never
-in a folder that a later load takes as complete.
+in a folder that a later load takes as complete. No outcome rests on timing: a server that stalls holds the
+connection until the client gives up, and one that holds a body waits for the test to let it go on.
 """
 import base64
 import contextlib
@@ -13,6 +14,7 @@ import json
 import http.server
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -31,9 +33,12 @@ import utils
 from conftest import ROOT, SHAPES
 
 DATA = "model.ckpt.data-00000-of-00001"
-# Small timeouts and backoff keep the suite fast; quiet keeps pytest's output clean.
-FAST = dict(timeout=(2, 0.5), attempts=3, backoff=0.01, quiet=True)
-STALL = 2.0  # seconds a stalled answer waits: well past FAST's read timeout
+FETCHED = [name for name in openai_files.FILENAMES if name not in openai_files.VOCAB]  # the vocab is copied in
+# A small backoff keeps the suite fast; quiet keeps pytest's output clean. The timeouts only guard against a
+# hang: a healthy server on a busy machine must not time out, or the requests a test asserts would change.
+FAST = dict(timeout=(10, 10), attempts=3, backoff=0.01, quiet=True)
+STALLED = dict(timeout=(10, 0.5))  # against a stall, which lasts until the client hangs up: it always fires
+HELD = 16 * download.CHUNK  # a "hold" sends this much: whole chunks, so the client writes all of it to the .part
 
 
 class FileServer(http.server.ThreadingHTTPServer):
@@ -44,12 +49,14 @@ class FileServer(http.server.ThreadingHTTPServer):
       ("status", code)     answer with that HTTP status and no file
       ("drop", n)          promise the whole body, send n bytes, reset the connection
       ("short", n)         promise the whole body, send n bytes, close the connection cleanly
-      ("stall", n)         send n bytes of the body, then wait STALL seconds; n=None: wait, then hang up
+      ("stall", n)         send n bytes of the body, then wait until the client hangs up (its read timeout);
+                           n=None: not even the headers
+      ("hold", n)          send n bytes of the body, then wait until the test sets `release`, then the rest
       ("corrupt", None)    flip the file's middle byte (inside the largest tensor, for the data file)
       ("ignore_range", None)  answer 200 with the whole file even if asked for a range
-      ("trickle", n)       send the body n bytes at a time, `delay` seconds apart (delay can change meanwhile)
     md5_header, if set, names the MD5 header sent: "Content-MD5" (of the body as sent, so of the range on a
-    206) or "x-ms-blob-content-md5" (always of the whole file, as Azure does).
+    206) or "x-ms-blob-content-md5" (always of the whole file, as Azure does). `release` also ends stalls and
+    holds at teardown, so that a failed test leaves no handler waiting.
     """
 
     daemon_threads = True
@@ -60,7 +67,7 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.faults, self.always = {}, {}
         self.md5_header = None
-        self.delay = 0.0
+        self.release = threading.Event()
         self.log = []  # (file name, first byte asked for or None, status) per request
 
     def next_fault(self, name):
@@ -83,7 +90,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         asked = int(match[1]) if match else None
         if kind == "stall" and arg is None:
             server.log.append((path.name, asked, "stalled"))
-            time.sleep(STALL)
+            self.wait_for_release()
             return
         if kind == "status" or not path.is_file():
             status = arg if kind == "status" else 404
@@ -116,14 +123,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def send_body(self, body, kind, arg):
         try:
-            if kind == "trickle":
-                for i in range(0, len(body), arg):
-                    self.wfile.write(body[i:i + arg])
-                    time.sleep(self.server.delay)
+            if kind == "hold":
+                self.wfile.write(body[:arg])
+                if not self.wait_for_release():
+                    self.wfile.write(body[arg:])
             elif kind in ("drop", "short", "stall"):
                 self.wfile.write(body[:arg])
                 if kind == "stall":
-                    time.sleep(STALL)
+                    self.wait_for_release()
                 if kind == "drop":  # close at once with a reset (RST), as a broken network does
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
@@ -132,6 +139,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.close_connection = True
+
+    def wait_for_release(self):
+        """Block until the server's `release` is set, or the client hangs up (then True)."""
+        while not self.server.release.wait(0.01):
+            if select.select([self.connection], [], [], 0)[0] and not self.connection.recv(1, socket.MSG_PEEK):
+                return True
+        return False
 
     def log_message(self, *args):
         pass
@@ -146,6 +160,7 @@ def serving(root):
     try:
         yield httpd
     finally:
+        httpd.release.set()
         httpd.shutdown()
         httpd.server_close()
 
@@ -180,6 +195,13 @@ def assert_complete(model_dir, source):
     assert openai_files.model_is_present(model_dir)
 
 
+def assert_holds_only_the_vocab(model_dir):
+    """What a download that fetched nothing leaves: the shipped vocab, copied in before anything is fetched."""
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(openai_files.VOCAB)
+    for name in openai_files.VOCAB:
+        assert (model_dir / name).read_bytes() == (ROOT / "vocab" / name).read_bytes(), name
+
+
 def assert_not_complete(model_dir):
     """Nothing that a later load takes as a complete model, and no lock left behind."""
     assert not openai_files.model_is_present(model_dir)
@@ -198,9 +220,9 @@ def write_part(model_dir, source, name, size, flip=None):
 
 def test_download_then_load(server, tmp_path, source):
     fetched = download_model(server, tmp_path)
-    assert fetched == [name for name in openai_files.FILENAMES if name != "checkpoint"] + ["checkpoint"]
+    assert fetched == [name for name in FETCHED if name != "checkpoint"] + ["checkpoint"]
     assert_complete(tmp_path / "124M", source)
-    assert sorted(server.log) == sorted((name, None, 200) for name in openai_files.FILENAMES)
+    assert sorted(server.log) == sorted((name, None, 200) for name in FETCHED)  # encoder.json, vocab.bpe: from vocab/
     _, hparams, params = utils.load_encoder_hparams_and_params("124M", tmp_path)
     assert hparams == SHAPES["tiny"]
 
@@ -239,10 +261,10 @@ def test_a_broken_transfer_resumes_where_it_stopped(server, tmp_path, source, ki
 
 
 def test_server_errors_are_retried(server, tmp_path, source):
-    server.faults["encoder.json"] = [("status", 500), ("status", 503)]
+    server.faults["hparams.json"] = [("status", 500), ("status", 503)]
     download_model(server, tmp_path)
     assert_complete(tmp_path / "124M", source)
-    assert server.requests_for("encoder.json") == [(None, 500), (None, 503), (None, 200)]
+    assert server.requests_for("hparams.json") == [(None, 500), (None, 503), (None, 200)]
 
 
 def test_server_errors_give_up_after_the_attempts(server, tmp_path):
@@ -257,45 +279,55 @@ def test_server_errors_give_up_after_the_attempts(server, tmp_path):
 
 
 def test_a_4xx_is_final(server, tmp_path):
-    server.always["vocab.bpe"] = ("status", 403)
-    with pytest.raises(download.DownloadError, match=r"vocab.bpe \(HTTP 403 Forbidden\): check the address"):
+    server.always["model.ckpt.meta"] = ("status", 403)
+    with pytest.raises(download.DownloadError, match=r"model.ckpt.meta \(HTTP 403 Forbidden\): check the address"):
         download_model(server, tmp_path, attempts=5)
-    assert server.requests_for("vocab.bpe") == [(None, 403)]
+    assert server.requests_for("model.ckpt.meta") == [(None, 403)]
     assert_not_complete(tmp_path / "124M")
 
 
-def test_missing_files_on_the_server_leave_the_folder_empty(server, tmp_path, monkeypatch):
+def test_missing_files_on_the_server_leave_only_the_vocab(server, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_BASE_URL", f"{server.url}/nowhere")
     with pytest.raises(download.DownloadError) as e:
         utils.load_encoder_hparams_and_params("124M", tmp_path)
     assert "HTTP 404 Not Found" in str(e.value) and "GPT2_BASE_URL" in str(e.value)
     assert f"into {tmp_path}/ here" in str(e.value)
-    assert list((tmp_path / "124M").iterdir()) == []
+    assert_holds_only_the_vocab(tmp_path / "124M")
 
 
-def test_a_refused_connection_fails_at_once(tmp_path):
+def test_a_refused_connection_fails_at_once(tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again before the download: nothing listens
-    began = time.monotonic()
+    slept = []
+    monkeypatch.setattr(download.time, "sleep", slept.append)
     with pytest.raises(download.DownloadError, match="connection refused"):
-        openai_files.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, backoff=10, quiet=True)
-    assert time.monotonic() - began < 5
-    assert list((tmp_path / "124M").iterdir()) == []
+        openai_files.download_gpt2_files("124M", tmp_path / "124M", url, attempts=5, quiet=True)
+    assert slept == []  # no backoff: not one retry
+    assert_holds_only_the_vocab(tmp_path / "124M")
 
 
-@pytest.mark.parametrize("sent", [None, 1 << 20], ids=["before-headers", "mid-body"])
+@pytest.mark.parametrize("sent", [None, HELD], ids=["before-headers", "mid-body"])
 def test_a_stalled_server_hits_the_read_timeout_and_is_retried(server, tmp_path, source, sent):
     server.faults[DATA] = [("stall", sent)]
-    download_model(server, tmp_path)
+    download_model(server, tmp_path, **STALLED)
     assert_complete(tmp_path / "124M", source)
-    assert [status for _, status in server.requests_for(DATA)] == ["stalled" if sent is None else 200, 206 if sent else 200]
+    # The first two requests only: the short read timeout could also fire on a healthy answer on a busy machine.
+    (stalled, status), (resumed_from, again) = server.requests_for(DATA)[:2]
+    assert stalled is None and status == ("stalled" if sent is None else 200)
+    if sent is None:
+        assert (resumed_from, again) == (None, 200)
+    else:  # from the bytes in hand, which the stall let through
+        assert again == 206 and 0 < resumed_from <= sent
 
 
-def test_a_server_that_always_stalls_gives_a_clear_error(server, tmp_path):
+def test_a_server_that_always_stalls_gives_a_clear_error(server, tmp_path, source):
+    shutil.copytree(source, tmp_path / "124M")
+    (tmp_path / "124M" / "checkpoint").unlink()  # the one file fetched: nothing healthy meets the short read timeout
     server.always["checkpoint"] = ("stall", None)
     with pytest.raises(download.DownloadError, match=r"sent nothing for longer than the read timeout, 2 tries in a row"):
-        download_model(server, tmp_path, attempts=2)
+        download_model(server, tmp_path, attempts=2, **STALLED)
+    assert server.log == [("checkpoint", None, "stalled")] * 2
     assert_not_complete(tmp_path / "124M")
 
 
@@ -320,11 +352,11 @@ def test_corrupt_data_fails_its_crc32c_and_is_deleted(server, tmp_path, source, 
 @pytest.mark.parametrize("header", ["Content-MD5", "x-ms-blob-content-md5"])
 def test_an_md5_mismatch_deletes_the_part(server, tmp_path, header):
     server.md5_header = header
-    server.always["encoder.json"] = ("corrupt", None)
-    with pytest.raises(download.CorruptDownloadError, match="encoder.json arrived corrupt: the bytes received have MD5"):
+    server.always["hparams.json"] = ("corrupt", None)
+    with pytest.raises(download.CorruptDownloadError, match="hparams.json arrived corrupt: the bytes received have MD5"):
         download_model(server, tmp_path)
     assert_not_complete(tmp_path / "124M")
-    assert not list((tmp_path / "124M").glob("encoder.json*"))
+    assert not list((tmp_path / "124M").glob("hparams.json*"))
 
 
 @pytest.mark.parametrize("header", ["Content-MD5", "x-ms-blob-content-md5"])
@@ -395,19 +427,30 @@ def run_cli(*args):
     )
 
 
-def start_cli(tmp_path, name, *args):
-    """`python utils.py ...` in the background, stderr to a file that can be read while it runs."""
-    stderr = open(tmp_path / f"{name}.err", "w")
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "utils.py"), *map(str, args)], stdout=subprocess.PIPE, stderr=stderr, text=True
-    )
-    stderr.close()
-    return process
+@pytest.fixture
+def start_cli(tmp_path):
+    """start_cli(name, *args): `python utils.py ...` in the background, stderr to tmp_path/<name>.err, which can be
+    read while it runs. Whatever still runs when the test ends (it failed) is killed."""
+    processes = []
+
+    def start(name, *args):
+        with open(tmp_path / f"{name}.err", "w") as stderr:
+            processes.append(subprocess.Popen([sys.executable, str(ROOT / "utils.py"), *map(str, args)],
+                                              stdout=subprocess.PIPE, stderr=stderr, text=True))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
 
 
-def wait_for(condition, seconds=60):
-    deadline = time.monotonic() + seconds
+def wait_for(condition, *running):
+    """Poll until condition() holds, while each process in `running` still runs. The minute only guards against
+    a hang: each condition here comes true once the other side gets there, however slow the machine."""
+    deadline = time.monotonic() + 60
     while not condition():
+        assert all(process.poll() is None for process in running), "a process ended before the condition held"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
 
@@ -418,60 +461,56 @@ def finish(process, tmp_path, name):
     return process.returncode, stdout, (tmp_path / f"{name}.err").read_text()
 
 
-def test_two_processes_downloading_the_same_model(server, tmp_path, source):
-    server.always[DATA] = ("trickle", 1 << 18)
-    server.delay = 0.05  # slow until the second process is seen waiting for the lock
+def test_two_processes_downloading_the_same_model(server, tmp_path, source, start_cli):
+    # The first process stays mid-file, holding the lock, until the second is seen waiting for it. (The first's
+    # own read timeout, 30 s, is the CLI's guard against a hang, far beyond the second's start.)
+    server.faults[DATA] = [("hold", HELD)]
     command = ("download", "--models_dir", tmp_path, "--base_url", server.url)
-    first = start_cli(tmp_path, "first", *command)
-    wait_for(lambda: (tmp_path / "124M" / f"{DATA}.part").exists())
-    second = start_cli(tmp_path, "second", *command)
-    wait_for(lambda: "waiting" in (tmp_path / "second.err").read_text())
-    server.delay = 0
+    first = start_cli("first", *command)
+    wait_for(lambda: (tmp_path / "124M" / f"{DATA}.part").exists(), first)
+    second = start_cli("second", *command)
+    wait_for(lambda: "waiting" in (tmp_path / "second.err").read_text(), first, second)
+    server.release.set()
     code, stdout, stderr = finish(first, tmp_path, "first")
     assert code == 0 and "every tensor passed its crc32c check" in stdout, stderr
     code, stdout, stderr = finish(second, tmp_path, "second")
     assert code == 0, stderr
     assert "another process is downloading into" in stderr and "already holds GPT-2 124M" in stdout
-    assert sorted(name for name, _, _ in server.log) == sorted(openai_files.FILENAMES)  # each file fetched once
+    assert sorted(name for name, _, _ in server.log) == sorted(FETCHED)  # each file fetched once
     assert_complete(tmp_path / "124M", source)
 
 
-def test_a_killed_downloader_releases_the_lock(server, tmp_path, source):
-    server.always[DATA] = ("trickle", 1 << 18)
-    server.delay = 0.05
+def test_a_killed_downloader_releases_the_lock(server, tmp_path, source, start_cli):
+    server.faults[DATA] = [("hold", HELD)]  # the first process stays mid-file until it is killed
     command = ("download", "--models_dir", tmp_path, "--base_url", server.url)
-    first = start_cli(tmp_path, "first", *command)
+    first = start_cli("first", *command)
     part = tmp_path / "124M" / f"{DATA}.part"
-    wait_for(lambda: part.exists() and part.stat().st_size >= 1 << 20)
-    second = start_cli(tmp_path, "second", *command)
-    wait_for(lambda: "waiting" in (tmp_path / "second.err").read_text())
+    wait_for(lambda: download.file_size(part) >= HELD, first)
+    second = start_cli("second", *command)
+    wait_for(lambda: "waiting" in (tmp_path / "second.err").read_text(), first, second)
     first.kill()  # SIGKILL: no cleanup runs, the OS drops the lock
     first.wait()
-    server.delay = 0
     code, stdout, stderr = finish(second, tmp_path, "second")
     assert code == 0 and "fetched" in stdout, stderr
-    (_, started), (resumed_from, status) = server.requests_for(DATA)
-    assert started == 200 and status == 206 and resumed_from >= 1 << 20
+    assert server.requests_for(DATA) == [(None, 200), (HELD, 206)]
     assert_complete(tmp_path / "124M", source)
 
 
-def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source):
-    server.always[DATA] = ("trickle", 1 << 16)
-    server.delay = 0.02
-    process = start_cli(tmp_path, "cli", "download", "--models_dir", tmp_path, "--base_url", server.url)
+def test_ctrl_c_leaves_a_part_that_the_next_run_resumes(server, tmp_path, source, start_cli):
+    # The body stops at HELD bytes for as long as the run lives: it cannot finish before the signal lands.
+    server.faults[DATA] = [("hold", HELD)]
+    process = start_cli("cli", "download", "--models_dir", tmp_path, "--base_url", server.url)
     part = tmp_path / "124M" / f"{DATA}.part"
-    wait_for(lambda: part.exists() and part.stat().st_size >= 1 << 20)
+    wait_for(lambda: download.file_size(part) >= HELD, process)
     process.send_signal(signal.SIGINT)
     code, stdout, stderr = finish(process, tmp_path, "cli")
-    assert part.exists(), (code, stdout, stderr)  # what the run said, if the part is gone
-    size = part.stat().st_size
     assert code != 0 and "Traceback" not in stderr and stdout == ""
     last = stderr.strip().splitlines()[-1]
-    assert last == f"utils.py: interrupted: {part} holds {size:,} bytes; running the same command again resumes it"
+    assert last == f"utils.py: interrupted: {part} holds {HELD:,} bytes; running the same command again resumes it"
+    assert download.file_size(part) == HELD
     assert_not_complete(tmp_path / "124M")
-    server.delay = 0
     download_model(server, tmp_path)
-    assert server.requests_for(DATA)[-1] == (size, 206)
+    assert server.requests_for(DATA) == [(None, 200), (HELD, 206)]
     assert_complete(tmp_path / "124M", source)
 
 
@@ -530,15 +569,19 @@ def test_a_name_that_does_not_resolve_is_final_after_one_retry(tmp_path):
     with pytest.raises(download.DownloadError) as e:
         openai_files.download_gpt2_files("124M", tmp_path / "124M", UNRESOLVABLE, attempts=5, backoff=0.01, quiet=True)
     assert "the server's name does not resolve (is the network down?), 2 tries in a row" in str(e.value)
-    assert list((tmp_path / "124M").iterdir()) == []
+    assert_holds_only_the_vocab(tmp_path / "124M")
 
 
 def test_offline_the_cli_says_how_to_get_the_model(tmp_path):
     result = run_gpt2("hi", "--models_dir", tmp_path, base_url=UNRESOLVABLE)
     assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
     retry, error = result.stderr.splitlines()
-    assert retry.startswith("encoder.json: the server's name does not resolve") and "trying again in 1 s" in retry
+    # The vocab ships in vocab/ and is copied in first: what is missing, and named, is the checkpoint.
+    assert retry.startswith("hparams.json: the server's name does not resolve") and "trying again in 1 s" in retry
+    assert f"{UNRESOLVABLE}/124M/hparams.json (the server's name does not resolve" in error
     assert "2 tries in a row" in error
+    assert "encoder.json" not in result.stderr and "vocab.bpe" not in result.stderr
+    assert_holds_only_the_vocab(tmp_path / "124M")
     assert "`python utils.py download --model_size 124M`" in error and "--models_dir" in error
     assert "--base_url" not in error  # gpt2.py has no such option
 

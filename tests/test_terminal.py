@@ -1,5 +1,9 @@
 """`python gpt2.py` at a terminal and in pipes: --interactive driven through a pseudo-terminal (keys in,
 screen out), progress bars on a terminal's stderr and never elsewhere, and `| head -1` ending quietly.
+
+Each key goes in once the screen shows that the program is where the key is meant for: keys typed before
+readline read them would be dropped by a Ctrl-C (the terminal discards unread input on an interrupt). The
+timeouts only guard against a hang, and no send waits a delay first.
 """
 import fcntl
 import os
@@ -28,8 +32,10 @@ def tiny_dir(checkpoints):
 def spawn(*args):
     """`python gpt2.py ...` on a pseudo-terminal of 24 x 100, as a user's shell would start it."""
     env = {**os.environ, "TERM": "xterm"}
-    return pexpect.spawn(sys.executable, [str(ROOT / "gpt2.py"), *map(str, args)], cwd=ROOT, env=env,
-                         encoding="utf-8", timeout=60, dimensions=(24, 100))
+    child = pexpect.spawn(sys.executable, [str(ROOT / "gpt2.py"), *map(str, args)], cwd=ROOT, env=env,
+                          encoding="utf-8", timeout=60, dimensions=(24, 100))
+    child.delaybeforesend = None  # pexpect's default sleeps 50 ms before each send: the order must not rest on it
+    return child
 
 
 def test_interactive_at_a_terminal(tiny_dir):
@@ -51,6 +57,7 @@ def test_interactive_at_a_terminal(tiny_dir):
     child.send(CTRL_C)
     child.expect_exact("> ")
     child.send("half a line")
+    child.expect_exact("half a line")  # readline's echo: it holds the keys, which a Ctrl-C sent earlier would discard
     child.send(CTRL_C)  # drops the line being typed
     child.expect_exact("> ")
     assert child.isalive()
@@ -60,6 +67,21 @@ def test_interactive_at_a_terminal(tiny_dir):
     child.close()
     assert child.exitstatus == 0
     assert "^[[A" not in first and "Traceback" not in first
+
+
+def test_ctrl_c_while_readline_takes_in_a_paste_drops_the_line(tiny_dir):
+    # A Ctrl-C that lands while readline is busy with keys, not waiting for the next one, must not wait for
+    # a further key (and then quit): interactive.ticking.
+    child = spawn("--interactive", "--n_tokens", 3, "--models_dir", tiny_dir)
+    child.expect_exact("> ")
+    child.send("x" * 3000)  # less than the terminal's input buffer holds (4 kB)
+    child.expect_exact("x" * 40)  # readline has begun on it
+    child.send(CTRL_C)
+    child.expect_exact("\r\n> ")
+    child.send(CTRL_D)  # the session goes on, with an empty line: Ctrl-D quits
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
 
 
 def test_ctrl_d_quits_with_a_newline(tiny_dir):
