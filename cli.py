@@ -91,7 +91,9 @@ def run(args, utils):
         from server.serve import API_KEY_ENV, serve
 
         api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-        return serve(encoder, hparams, params, args.model, args.host, args.port, api_key, args.cors_origin)
+        limits = {name: getattr(args, name) for name in ("max_batch", "max_queue", "prefix_cache_mb")
+                  if getattr(args, name) is not None}
+        return serve(encoder, hparams, params, args.model, args.host, args.port, api_key, args.cors_origin, **limits)
     if args.verify:  # the shapes were checked as the model loaded; this reads every byte
         model_dir = utils.tf_model_dir(args.model, args.models_dir)
         checked = utils.verify_checkpoint(utils.checkpoint_prefix(model_dir), quiet=not sys.stderr.isatty())

@@ -14,7 +14,7 @@ BEAMS = ("num_beams", "length_penalty", "early_stopping")
 GENERATING = ("n_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eot", "slide", *CONTROLS, *BEAMS,
               "logprobs")
 SCORING = ("per_token", "stride")
-SERVING = ("host", "port", "api_key", "cors_origin")  # only with --serve
+SERVING = ("host", "port", "api_key", "cors_origin", "max_batch", "max_queue", "prefix_cache_mb")  # only with --serve
 SAMPLING = ("top_k", "top_p", "seed")  # each asks for a draw, so they turn sampling on (as does --n_samples above 1)
 EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -133,6 +133,12 @@ def parse_args(argv, model_sizes):
                          "else none)")
     serving.add_argument("--cors_origin", action="append", default=[], metavar="ORIGIN", help="let pages from this "
                          "origin (such as http://localhost:3000, or *) call the API from a browser (repeatable; default: none)")
+    serving.add_argument("--max_batch", type=positive_int, help="choices generated together in one batch; requests beyond "
+                         "wait their turn (default: 16)")
+    serving.add_argument("--max_queue", type=positive_int, help="requests waiting to start; more are answered 503 with "
+                         "Retry-After (default: 64)")
+    serving.add_argument("--prefix_cache_mb", type=whole_number, help="memory for the keys and values of recent prompts, "
+                         "so that a prompt that begins with one reads only the rest; 0 turns it off (default: 1024)")
     looking = parser.add_argument_group("looking inside (lens.py)", "These read the prompt, at most n_ctx tokens, and generate nothing.")
     looking.add_argument("--inspect", action="store_true", help="print each token's probability, rank, the entropy and the likeliest tokens at its place")
     looking.add_argument("--html", metavar="FILE", help="write a page (one file, no network): tokens coloured by rank, attention heatmaps, the logit lens")

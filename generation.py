@@ -33,12 +33,7 @@ def steps(prompts, forward, n_tokens, eos, n_ctx, choose, copies=1, n_logprobs=N
     history = [list(p) for p in prompts]  # what the controls see: the whole prompt, not only the window
     ended = np.zeros(len(prompts), dtype=bool)
     for step in range(n_tokens):
-        chosen = [choose(ids, step, row) for ids, row in zip(history, logits[:, -1])]
-        next_ids = np.array([i for i, _ in chosen])  # [B]
-        out = [None if e else int(i) for e, i in zip(ended, next_ids)]
-        if n_logprobs is not None:
-            out = [i if i is None else (i, token_logprob(log_softmax(row), i, n_logprobs, log_softmax(processed)[i]))
-                   for i, row, (_, processed) in zip(out, logits[:, -1], chosen)]
+        next_ids, out = pick(choose, history, step, logits[:, -1], ended, n_logprobs)
         yield out
         ended |= next_ids == eos
         if ended.all() or step == n_tokens - 1:
@@ -53,6 +48,19 @@ def steps(prompts, forward, n_tokens, eos, n_ctx, choose, copies=1, n_logprobs=N
             logits, cache = forward(next_ids[:, None], cache, mask)
         else:
             logits, cache, mask = slide(windows, full, next_ids, cache, mask, forward, n_ctx)
+
+
+def pick(choose, history, step, logits, ended, n_logprobs=None):  # [B, n_vocab] -> [B], B outputs
+    """One step's choice for every row, in row order (so a shared random generator draws as it would alone):
+    (the ids chosen, what steps() yields for them: None for a row that has ended, else the id, or with
+    n_logprobs the (id, decoding.Logprob) pair). `history` holds each row's tokens so far, `step` of them new."""
+    chosen = [choose(ids, step, row) for ids, row in zip(history, logits)]
+    next_ids = np.array([i for i, _ in chosen])  # [B]
+    out = [None if e else int(i) for e, i in zip(ended, next_ids)]
+    if n_logprobs is not None:
+        out = [i if i is None else (i, token_logprob(log_softmax(row), i, n_logprobs, log_softmax(processed)[i]))
+               for i, row, (_, processed) in zip(out, logits, chosen)]
+    return next_ids, out
 
 
 def beam_steps(prompts, forward, n_tokens, eos, controls, num_beams, length_penalty=1.0,

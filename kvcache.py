@@ -76,6 +76,12 @@ class KVCache:
         buffers.claimed = n_all
         return KVCache(buffers, n_all)
 
+    def first(self, n):
+        """A cache of this one's first n positions, sharing its buffers: continuing it copies them, as the rest is
+        claimed (a prompt that shares only the start of a cached one)."""
+        assert 0 <= n <= self.n_past
+        return KVCache(self._buffers, n)
+
     def writable(self, i):  # -> (k, v) of block i, [B, n_head, n_past, d], for the forward pass to fill in
         return self._buffers.k[i][:, :, : self.n_past], self._buffers.v[i][:, :, : self.n_past]
 

@@ -94,7 +94,7 @@ def create_app(engine, model_name, api_key=None, cors_origins=()):
         try:
             engine.submit(job)
         except Busy:
-            raise APIError(503, f"the server is busy: {engine.jobs.maxsize} requests are waiting already; try again "
+            raise APIError(503, f"the server is busy: {engine.max_queue} requests are waiting already; try again "
                            f"in a moment", "server_error", code="server_busy", headers={"Retry-After": "1"}) from None
         if completion.stream:
             return StreamingResponse(streamed(job, events), media_type="text/event-stream",
@@ -193,8 +193,8 @@ def create_app(engine, model_name, api_key=None, cors_origins=()):
         return json_response({"status": "ok"})
 
     async def metrics(request):
-        stats = dict(engine.stats, queued=engine.jobs.qsize(), running=int(engine.running is not None))
-        lines = [f"gpt2_{name}{'_total' if name not in ('queued', 'running') else ''} {value}" for name, value in stats.items()]
+        lines = [f"gpt2_{name}_total {value}" for name, value in engine.stats.items()]
+        lines += [f"gpt2_{name} {value}" for name, value in engine.gauges().items()]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def page(request):

@@ -71,12 +71,13 @@ def config(app):
     return uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=3)
 
 
-def serve(encoder, hparams, params, model_name, host, port, api_key=None, cors_origins=()):
+def serve(encoder, hparams, params, model_name, host, port, api_key=None, cors_origins=(), **limits):
+    """limits: Engine's max_batch, max_queue, prefix_cache_mb."""
     sock = listen(host, port)
     warning = exposure_warning(host, api_key)
     if warning:
         print(f"gpt2.py: warning: {warning}", file=sys.stderr)
-    engine = Engine(encoder, hparams, params)
+    engine = Engine(encoder, hparams, params, **limits)
     server = Server(config(create_app(engine, model_name, api_key, cors_origins)))
     print(f"gpt2.py: serving {model_name} at {url(sock)} (OpenAI's API under /v1, a page at /); Ctrl-C stops",
           flush=True)

@@ -8,7 +8,7 @@ import threading
 import time
 
 from server.app import create_app
-from server.engine import MAX_QUEUE, Engine
+from server.engine import Engine
 from server.serve import Server, config, listen, url
 
 WAIT = 60  # seconds any wait here may take before the test fails: a guard against hanging, never a timing
@@ -20,9 +20,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(encoder, hparams, params, name="tiny", api_key=None, cors_origins=(), max_queue=MAX_QUEUE):
+def serving(encoder, hparams, params, name="tiny", api_key=None, cors_origins=(), **limits):
+    """limits: Engine's max_queue, max_batch, prefix_cache_mb."""
     sock = listen("127.0.0.1", 0)
-    engine = Engine(encoder, hparams, params, max_queue)
+    engine = Engine(encoder, hparams, params, **limits)
     server = Server(config(create_app(engine, name, api_key, cors_origins)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
