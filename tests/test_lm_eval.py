@@ -30,7 +30,7 @@ from conftest import write_hf_folder
 from serving import serving
 
 RTOL = ATOL = 1e-4  # float32 sums of up to a few hundred log-probs, by NumPy here and by PyTorch there
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 LOOPBACK = (None, "localhost", "127.0.0.1")  # the server's host: the only one this module may reach
 # "\n" as real tasks stop; the others because this random model writes " purified purified purified purifiedwaves"
 # and " envyPrettyPretty" (a stop string that is a whole token, and one inside a token)
@@ -120,6 +120,16 @@ def offline():
     with pytest.MonkeyPatch.context() as patch, loopback_only(attempts):
         for name, value in OFFLINE.items():
             patch.setenv(name, value)
+        # The same switches as the libraries read them when first imported: in a whole test run another module
+        # has imported them already, online (evaluate then looks for its metrics in HF's S3 bucket).
+        import datasets.config
+        import evaluate.config
+        import huggingface_hub.constants
+
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        patch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+        patch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
         # Every run records the environment, running torch's collect_env (pip, in subprocesses: 2 s); unused here.
         patch.setattr("lm_eval.evaluator.add_env_info", lambda results: None)
         yield
